@@ -1,0 +1,95 @@
+"""NumPy or CuPy: the whole device switch.
+
+Every op asks the arrays it got which module to use (``xp = get_array_module(x)``),
+so one piece of code runs on both. CuPy is imported only when a CUDA array or the
+"cuda" device is asked for.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEVICES = ("cpu", "cuda")
+DEFAULT_FLOAT = np.float32
+
+
+class DeviceError(RuntimeError):
+    """A device that cannot be used here, or arrays from two devices in one op."""
+
+
+_cupy = None
+
+
+def cupy_or_none():
+    """The cupy module if it imports, else None (imports it at most once)."""
+    global _cupy
+    if _cupy is None:
+        try:
+            import cupy
+        except ImportError:
+            _cupy = False
+        else:
+            _cupy = cupy
+    return _cupy or None
+
+
+def require_cuda():
+    """The cupy module, after checking that it and a GPU are both there."""
+    cupy = cupy_or_none()
+    if cupy is None:
+        raise DeviceError(
+            "device 'cuda' needs CuPy, which is not installed: "
+            "pip install 'minivlm[cuda12]' (or [cuda13])"
+        )
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as err:  # CuPy raises its own CUDARuntimeError without a driver
+        raise DeviceError(f"device 'cuda': CuPy is installed but no GPU is usable ({err})") from err
+    if count == 0:
+        raise DeviceError("device 'cuda': CuPy is installed but it sees no GPU")
+    return cupy
+
+
+def cuda_available() -> bool:
+    try:
+        require_cuda()
+    except DeviceError:
+        return False
+    return True
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    return device
+
+
+def is_cupy_array(array) -> bool:
+    cupy = _cupy or None  # never import cupy just to ask: a NumPy array cannot be CuPy's
+    return cupy is not None and isinstance(array, cupy.ndarray)
+
+
+def device_of(array) -> str:
+    return "cuda" if is_cupy_array(array) else "cpu"
+
+
+def get_array_module(*arrays):
+    """numpy, or cupy if any argument is a CuPy array."""
+    for array in arrays:
+        if is_cupy_array(array):
+            return _cupy
+    return np
+
+
+def to_device(array, device: str):
+    """The array on `device` (no copy when it is already there)."""
+    check_device(device)
+    if device == device_of(array):
+        return array
+    if device == "cuda":
+        return require_cuda().asarray(array)
+    return array.get()
+
+
+def to_numpy(array) -> np.ndarray:
+    return to_device(array, "cpu")

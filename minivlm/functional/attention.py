@@ -1,0 +1,203 @@
+"""Scaled dot-product attention, naive and fused, forward and backward.
+
+Shapes: q (B, H, Lq, d), k and v (B, H, Lk, d), out (B, H, Lq, d).
+
+    S = scale * Q K^T            (B, H, Lq, Lk)   scores; masked entries -inf
+    P = softmax(S) over keys     (B, H, Lq, Lk)   probs
+    O = P V                      (B, H, Lq, d)
+
+Masks: `is_causal` lets query i see key j iff j <= i + (Lk - Lq), the causal mask
+aligned to the bottom-right corner, so the last query sees every key (with Lq == Lk
+it is the usual lower triangle; with a KV cache, Lq new queries after Lk - Lq cached
+keys see exactly what they should). `key_lengths` (B,) hides keys j >= length[b]
+(padding); `attn_mask` is a boolean array broadcastable to (B, H, Lq, Lk), True where
+attention is allowed (PyTorch's boolean convention). A query row with no allowed key
+gets output 0 and gradient 0, never NaN.
+
+The naive path keeps P for its backward, O(Lq Lk) memory. The fused path (kernels_cpu
+for NumPy, kernels/ through CuPy) keeps only O and the log-sum-exp per row and
+recomputes P block by block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..autograd import Function, Tensor
+from ..backend import get_array_module
+
+# At or above this many scores per (batch, head), "auto" takes the fused path.
+AUTO_FUSED_MIN_SCORES = 256 * 256
+
+
+def allowed_mask(xp, lq: int, lk: int, *, causal: bool, key_lengths=None, attn_mask=None):
+    """Boolean (B|1, H|1, Lq, Lk) array of allowed (query, key) pairs, or None for all."""
+    allowed = None
+    if causal:
+        offset = lk - lq                                      # bottom-right alignment
+        allowed = (xp.arange(lk)[None, :] <= xp.arange(lq)[:, None] + offset)[None, None]
+    if key_lengths is not None:
+        in_length = xp.arange(lk)[None, :] < key_lengths[:, None]   # (B, Lk)
+        in_length = in_length[:, None, None, :]                      # (B, 1, 1, Lk)
+        allowed = in_length if allowed is None else allowed & in_length
+    if attn_mask is not None:
+        allowed = attn_mask if allowed is None else allowed & attn_mask
+    return allowed
+
+
+class Attention(Function):
+    """The naive path: every score and probability is materialised."""
+
+    def __init__(self, scale: float, allowed, return_weights: bool):
+        self.scale, self.allowed, self.return_weights = scale, allowed, return_weights
+
+    def forward(self, q, k, v):
+        xp = get_array_module(q)
+        scores = q @ k.swapaxes(-1, -2)                       # (B, H, Lq, Lk)
+        scores *= q.dtype.type(self.scale)
+        if self.allowed is not None:
+            scores = xp.where(self.allowed, scores, -xp.inf).astype(q.dtype, copy=False)
+        # softmax over keys, in place: scores -> exp(scores - rowmax) -> probs
+        row_max = scores.max(axis=-1, keepdims=True)          # (B, H, Lq, 1)
+        scores -= xp.where(xp.isfinite(row_max), row_max, 0)  # all-masked row: shift by 0
+        probs = xp.exp(scores, out=scores)
+        total = probs.sum(axis=-1, keepdims=True)
+        probs /= xp.where(total > 0, total, 1)                # all-masked row: P = 0
+        self.save(q, k, v, probs)
+        out = probs @ v                                       # (B, H, Lq, d)
+        return (out, probs) if self.return_weights else out
+
+    def backward(self, d_out, d_weights=None):
+        q, k, v, probs = self.saved
+        # forward was O = P V
+        d_v = probs.swapaxes(-1, -2) @ d_out                  # (B, H, Lk, d)   dV = P^T dO
+        d_probs = d_out @ v.swapaxes(-1, -2)                  # (B, H, Lq, Lk)  dP = dO V^T
+        if d_weights is not None:
+            d_probs += d_weights                              # P was also an output
+        # P = softmax(S), so dS = P * (dP - rowsum(dP * P))
+        d_scores = probs * (d_probs - (d_probs * probs).sum(axis=-1, keepdims=True))
+        # S = scale * Q K^T, so dQ = scale dS K and dK = scale dS^T Q
+        scale = q.dtype.type(self.scale)
+        d_q = (d_scores @ k) * scale                          # (B, H, Lq, d)
+        d_k = (d_scores.swapaxes(-1, -2) @ q) * scale         # (B, H, Lk, d)
+        return d_q, d_k, d_v
+
+
+class FusedAttention(Function):
+    """The fused path: blocked online softmax; saves only O and the log-sum-exp L."""
+
+    def __init__(self, scale: float, causal: bool, key_lengths):
+        self.scale, self.causal, self.key_lengths = scale, causal, key_lengths
+
+    def kernels(self, xp):
+        if xp.__name__ == "cupy":
+            from ..kernels_cuda import attention
+        else:
+            from ..kernels_cpu import flash_attention as attention
+        return attention
+
+    def forward(self, q, k, v):
+        kernels = self.kernels(get_array_module(q))
+        out, lse = kernels.flash_attention_forward(
+            q, k, v, scale=self.scale, causal=self.causal, key_lengths=self.key_lengths
+        )
+        self.save(q, k, v, out, lse)
+        return out
+
+    def backward(self, d_out):
+        q, k, v, out, lse = self.saved
+        kernels = self.kernels(get_array_module(q))
+        return kernels.flash_attention_backward(
+            q, k, v, out, lse, d_out, scale=self.scale, causal=self.causal, key_lengths=self.key_lengths
+        )
+
+
+def scaled_dot_product_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask=None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    key_lengths=None,
+    return_weights: bool = False,
+    impl: str = "auto",
+):
+    """softmax(scale * Q K^T, masked) V; also returns P when `return_weights`.
+
+    impl: "naive" materialises the scores; "fused" never does (no `attn_mask`, no
+    weights); "auto" takes "fused" when it can and the score matrix is large.
+    """
+    _check_qkv(query, key, value)
+    xp = get_array_module(query.data)
+    batch, _, lq, head_dim = query.shape
+    lk = key.shape[2]
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    lengths = _key_lengths(xp, key_lengths, batch, lk)
+    mask = _attn_mask(attn_mask, query.shape, lk)
+    impl = _choose_impl(impl, mask is not None, return_weights, lq * lk)
+    if impl == "fused":
+        return FusedAttention(scale, is_causal, lengths)(query, key, value)
+    allowed = allowed_mask(xp, lq, lk, causal=is_causal, key_lengths=lengths, attn_mask=mask)
+    return Attention(scale, allowed, return_weights)(query, key, value)
+
+
+def _choose_impl(impl: str, has_mask: bool, return_weights: bool, n_scores: int) -> str:
+    if impl not in ("auto", "naive", "fused"):
+        raise ValueError(f"scaled_dot_product_attention: impl must be 'auto', 'naive' or 'fused', got {impl!r}")
+    if impl == "fused" and (has_mask or return_weights):
+        raise ValueError(
+            "scaled_dot_product_attention: impl='fused' supports is_causal and key_lengths, "
+            "not attn_mask or return_weights=True; use impl='naive' (or 'auto')"
+        )
+    if impl == "auto":
+        fusable = not has_mask and not return_weights
+        return "fused" if fusable and n_scores >= AUTO_FUSED_MIN_SCORES else "naive"
+    return impl
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
+    for name, t in (("query", q), ("key", k), ("value", v)):
+        if t.ndim != 4:
+            raise ValueError(f"scaled_dot_product_attention: {name} must be 4-D (B, H, L, d), got shape {t.shape}")
+    if k.shape != v.shape:
+        raise ValueError(f"scaled_dot_product_attention: key {k.shape} and value {v.shape} must have one shape")
+    if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
+        raise ValueError(
+            f"scaled_dot_product_attention: query {q.shape} and key {k.shape} must agree in B, H and d"
+        )
+
+
+def _key_lengths(xp, key_lengths, batch: int, lk: int):
+    if key_lengths is None:
+        return None
+    lengths = key_lengths.data if isinstance(key_lengths, Tensor) else key_lengths
+    lengths = xp.asarray(lengths)
+    if lengths.dtype.kind not in "iu" or lengths.shape != (batch,):
+        raise ValueError(
+            f"scaled_dot_product_attention: key_lengths must be integers of shape ({batch},), "
+            f"got dtype {lengths.dtype} shape {lengths.shape}"
+        )
+    if bool((lengths < 0).any()) or bool((lengths > lk).any()):
+        raise ValueError(f"scaled_dot_product_attention: key_lengths must lie in 0..{lk}, got {lengths.tolist()}")
+    return lengths.astype(xp.int32)
+
+
+def _attn_mask(attn_mask, q_shape, lk: int):
+    if attn_mask is None:
+        return None
+    mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
+    if mask.dtype != bool:
+        raise TypeError(
+            f"scaled_dot_product_attention: attn_mask must be boolean (True = may attend), got dtype {mask.dtype}"
+        )
+    target = (*q_shape[:3], lk)
+    try:
+        fits = np.broadcast_shapes(mask.shape, target) == target
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(f"scaled_dot_product_attention: attn_mask of shape {mask.shape} does not broadcast to {target}")
+    return mask

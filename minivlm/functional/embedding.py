@@ -1,0 +1,35 @@
+"""Embedding lookup: y = W[ids]. The backward scatter-adds each row of dy into the row
+of dW that it was read from (a token used twice gets both gradients)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import Function, Tensor
+from ..backend import get_array_module
+
+
+class Embedding(Function):
+    def forward(self, ids, weight):                           # ids (...), weight (V, D)
+        self.save(ids)
+        self.weight_shape = weight.shape
+        return weight[ids]                                    # (..., D)
+
+    def backward(self, dy):                                   # dy (..., D)
+        (ids,) = self.saved
+        xp = get_array_module(dy)
+        dweight = xp.zeros(self.weight_shape, dtype=dy.dtype)
+        xp.add.at(dweight, ids.reshape(-1), dy.reshape(-1, dy.shape[-1]))
+        return None, dweight
+
+
+def embedding(input: Tensor, weight: Tensor) -> Tensor:  # noqa: A002 - torch's name
+    """torch.nn.functional.embedding: rows of `weight` (V, D) picked by integer ids."""
+    ids = input.data if isinstance(input, Tensor) else input
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"embedding: input must hold integer ids, got dtype {ids.dtype}")
+    vocab = weight.shape[0]
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+        bad = int(ids.max()) if int(ids.max()) >= vocab else int(ids.min())
+        raise IndexError(f"embedding: id {bad} is out of range for {vocab} rows (expected 0..{vocab - 1})")
+    return Embedding()(Tensor(ids.astype(np.int64, copy=False)), weight)

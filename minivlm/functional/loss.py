@@ -1,0 +1,117 @@
+"""Cross-entropy of logits against integer targets, softmax and loss in one op.
+
+For row i with logits z (V,), lse = log sum_j e^{z_j} and target t:
+    loss_i = (1 - eps) (lse - z_t) + eps (lse - mean_j z_j)     (label smoothing eps)
+    dloss_i / dz = softmax(z) - (1 - eps) onehot(t) - eps / V
+Rows whose target is ignore_index contribute neither loss nor gradient; "mean"
+divides by the number of counted rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import Function, Tensor
+from ..backend import get_array_module
+
+
+def _cross_entropy_rows(logits, targets, ignore_index: int, smoothing: float):
+    """(loss per row (N,), lse (N,), counted (N,) bool) in NumPy or CuPy."""
+    xp = get_array_module(logits)
+    counted = targets != ignore_index
+    safe_targets = xp.where(counted, targets, 0)
+    row_max = logits.max(axis=1, keepdims=True)
+    lse = (xp.log(xp.exp(logits - row_max).sum(axis=1, keepdims=True)) + row_max)[:, 0]
+    target_logit = xp.take_along_axis(logits, safe_targets[:, None], axis=1)[:, 0]
+    loss = (1 - smoothing) * (lse - target_logit)
+    if smoothing:
+        loss += smoothing * (lse - logits.mean(axis=1))
+    return loss * counted, lse, counted
+
+
+def _cross_entropy_rows_backward(logits, targets, lse, d_rows, counted, smoothing: float):
+    """d_logits (N, V) = d_rows_i * (softmax - (1-eps) onehot - eps/V), 0 for ignored rows."""
+    xp = get_array_module(logits)
+    d_logits = xp.exp(logits - lse[:, None])                  # softmax (N, V)
+    rows = xp.arange(len(targets))
+    d_logits[rows, xp.where(counted, targets, 0)] -= 1 - smoothing
+    if smoothing:
+        d_logits -= smoothing / logits.shape[1]
+    d_logits *= (d_rows * counted)[:, None]
+    return d_logits
+
+
+class CrossEntropy(Function):
+    def __init__(self, ignore_index: int, reduction: str, smoothing: float):
+        self.ignore_index, self.reduction, self.smoothing = ignore_index, reduction, smoothing
+
+    def forward(self, logits, targets):                       # logits (N, V), targets (N,)
+        xp = get_array_module(logits)
+        if xp.__name__ == "cupy":
+            from ..kernels_cuda.cross_entropy import cross_entropy_forward
+
+            rows, lse = cross_entropy_forward(
+                logits, targets, ignore_index=self.ignore_index, label_smoothing=self.smoothing
+            )
+            counted = targets != self.ignore_index
+        else:
+            rows, lse, counted = _cross_entropy_rows(logits, targets, self.ignore_index, self.smoothing)
+        self.save(logits, targets, lse, counted)
+        if self.reduction == "none":
+            return rows
+        total = rows.sum()
+        if self.reduction == "sum":
+            return total
+        # mean over counted rows; with none counted the loss is 0 and so is its gradient
+        self.count = max(int(counted.sum()), 1)
+        return total / logits.dtype.type(self.count)
+
+    def backward(self, dy):
+        logits, targets, lse, counted = self.saved
+        xp = get_array_module(logits)
+        if self.reduction == "none":
+            d_rows = dy                                       # (N,)
+        else:
+            scale = dy / self.count if self.reduction == "mean" else dy
+            d_rows = xp.broadcast_to(scale, targets.shape)
+        if xp.__name__ == "cupy":
+            from ..kernels_cuda.cross_entropy import cross_entropy_backward
+
+            d_logits = cross_entropy_backward(
+                logits, targets, lse, xp.ascontiguousarray(d_rows),
+                ignore_index=self.ignore_index, label_smoothing=self.smoothing,
+            )
+        else:
+            d_logits = _cross_entropy_rows_backward(logits, targets, lse, d_rows, counted, self.smoothing)
+        return d_logits, None
+
+
+def cross_entropy(
+    input: Tensor,  # noqa: A002 - torch's name
+    target,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
+    """torch.nn.functional.cross_entropy for logits (N, V) and integer targets (N,)."""
+    targets = target.data if isinstance(target, Tensor) else target
+    if input.ndim != 2:
+        raise ValueError(f"cross_entropy: input must be logits of shape (N, V), got {input.shape}")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: target must hold integer class ids, got dtype {targets.dtype}")
+    if targets.shape != (input.shape[0],):
+        raise ValueError(f"cross_entropy: target must have shape ({input.shape[0]},), got {targets.shape}")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
+    vocab = input.shape[1]
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab))
+    if bool(bad.any()):
+        value = int(targets[get_array_module(targets).argmax(bad)])
+        raise IndexError(
+            f"cross_entropy: target {value} is out of range for {vocab} classes "
+            f"(expected 0..{vocab - 1} or ignore_index={ignore_index})"
+        )
+    targets = Tensor(targets.astype(np.int64, copy=False))
+    return CrossEntropy(ignore_index, reduction, float(label_smoothing))(input, targets)

@@ -1,0 +1,94 @@
+"""Layer normalisation over the trailing axes, with its backward as three named terms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..autograd import Function, Tensor
+from ..backend import get_array_module
+
+
+class LayerNorm(Function):
+    """y = (x - mean) * rstd * w + b, statistics over the last axis of x viewed as (R, C).
+
+    Two-pass variance (mean first, then the mean of squared deviations), which stays
+    accurate for rows like mean 1e4, std 1e-2 where E[x^2] - E[x]^2 cancels badly.
+    """
+
+    def __init__(self, eps: float, has_weight: bool, has_bias: bool):
+        self.eps, self.has_weight, self.has_bias = eps, has_weight, has_bias
+
+    def forward(self, x, *affine):                            # x (R, C) after the caller's reshape
+        if get_array_module(x).__name__ == "cupy" and self.has_weight and self.has_bias:
+            return self._forward_cuda(x, *affine)
+        mean = x.mean(axis=-1, keepdims=True)                 # (R, 1)
+        xc = x - mean                                         # (R, C)
+        var = (xc * xc).mean(axis=-1, keepdims=True)          # (R, 1), biased like PyTorch
+        rstd = 1.0 / get_array_module(x).sqrt(var + self.eps)  # (R, 1)
+        xhat = xc * rstd                                      # (R, C)
+        weight = affine[0] if self.has_weight else None
+        self.save(xhat, rstd, weight)
+        y = xhat * weight if self.has_weight else xhat
+        if self.has_bias:
+            y += affine[-1]
+        return y
+
+    fused_cuda = False
+
+    def backward(self, dy):                                   # dy (R, C)
+        if self.fused_cuda:
+            return self._backward_cuda(dy)
+        xhat, rstd, weight = self.saved
+        grads = []
+        # forward was y = xhat * w + b
+        dxhat = dy * weight if self.has_weight else dy        # (R, C)
+        # xhat = (x - mean) * rstd, so three terms:
+        dx = rstd * (dxhat                                    # 1: direct
+                     - dxhat.mean(axis=-1, keepdims=True)     # 2: through mean
+                     - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))  # 3: through rstd
+        grads.append(dx)
+        if self.has_weight:
+            grads.append((dy * xhat).sum(axis=0))             # dw (C,)
+        if self.has_bias:
+            grads.append(dy.sum(axis=0))                      # db (C,)
+        return tuple(grads)
+
+    def _forward_cuda(self, x, weight, bias):
+        from ..kernels_cuda.layer_norm import layer_norm_forward
+
+        y, mean, rstd = layer_norm_forward(x, weight, bias, eps=self.eps)
+        self.save(x, weight, mean, rstd)
+        self.fused_cuda = True
+        return y
+
+    def _backward_cuda(self, dy):
+        from ..kernels_cuda.layer_norm import layer_norm_backward
+
+        x, weight, mean, rstd = self.saved
+        return layer_norm_backward(dy, x, weight, mean, rstd)
+
+
+def layer_norm(
+    x: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """torch.nn.functional.layer_norm over the trailing `normalized_shape` axes."""
+    from .shape import reshape
+
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    k = len(normalized_shape)
+    if tuple(x.shape[x.ndim - k:]) != normalized_shape:
+        raise ValueError(f"layer_norm: input shape {x.shape} does not end in normalized_shape {normalized_shape}")
+    for name, param in (("weight", weight), ("bias", bias)):
+        if param is not None and tuple(param.shape) != normalized_shape:
+            raise ValueError(f"layer_norm: {name} has shape {param.shape}, expected {normalized_shape}")
+    width = 1
+    for n in normalized_shape:
+        width *= n
+    affine = [reshape(p, (width,)) for p in (weight, bias) if p is not None]
+    fn = LayerNorm(eps, weight is not None, bias is not None)
+    y = fn(reshape(x, (-1, width)), *affine)
+    return reshape(y, x.shape)
