@@ -23,6 +23,11 @@ from .autograd import Tensor, no_grad
 from .backend import get_array_module, to_numpy
 
 
+# Relative errors are taken against max(|analytic|, |numeric|, REL_FLOOR), so that a
+# gradient that is zero up to rounding does not report a huge relative error.
+REL_FLOOR = 1e-3
+
+
 class GradcheckError(AssertionError):
     """The analytic gradient of some input disagrees with finite differences."""
 
@@ -167,7 +172,7 @@ def _compare_elements(index, leaf, analytic, elements, objective, eps, atol, rto
         numeric = _central_difference(leaf, unit, objective, eps)
         value = float(analytic_host[element])
         abs_err = abs(value - numeric)
-        rel_err = abs_err / max(abs(numeric), abs(value), 1e-12)
+        rel_err = abs_err / max(abs(numeric), abs(value), REL_FLOOR)
         max_abs, max_rel = max(max_abs, abs_err), max(max_rel, rel_err)
         excess = abs_err - (atol + rtol * abs(numeric))
         if worst is None or excess > worst[0]:
@@ -188,7 +193,7 @@ def _compare_large(index, leaf, analytic, objective, rng, eps, atol, rtol, direc
         numeric = _central_difference(leaf, direction, objective, eps)
         value = float((analytic * direction).sum())
         abs_err = abs(value - numeric)
-        rel_err = abs_err / max(abs(numeric), abs(value), 1e-12)
+        rel_err = abs_err / max(abs(numeric), abs(value), REL_FLOOR)
         check.max_abs_error = max(check.max_abs_error, abs_err)
         check.max_rel_error = max(check.max_rel_error, rel_err)
         if abs_err > atol + rtol * abs(numeric) and check.passed:

@@ -3,6 +3,8 @@ reduced axes: evenly for sum and mean, onto the arg-max (split among ties) for m
 
 from __future__ import annotations
 
+import builtins
+
 from ..autograd import Function, Tensor
 from ..backend import get_array_module
 
@@ -13,9 +15,9 @@ def normalize_axes(axis, ndim: int, op: str) -> tuple[int, ...]:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, int) else tuple(axis)
     for a in axes:
-        if not -ndim <= a < max(ndim, 1):
+        if not -ndim <= a < builtins.max(ndim, 1):
             raise ValueError(f"{op}: axis {a} is out of range for a tensor with {ndim} dimensions")
-    return tuple(sorted(a % max(ndim, 1) for a in axes))
+    return tuple(sorted(a % builtins.max(ndim, 1) for a in axes))
 
 
 def _expand_reduced(dy, axes, keepdims: bool, ndim: int):
