@@ -1,0 +1,133 @@
+"""Examples and batches: images as normalised arrays, token sequences as padded
+inputs and targets with the prompt and padding masked out of the loss."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from minivlm.data.scenes import Scene
+
+IGNORE_INDEX = -100  # a target the loss skips
+TASKS: tuple[str, ...] = ("caption", "qa")
+_HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: an image and its token sequence, with what it came from.
+
+    ids: <bos> ... <eos>; loss_start: the first index of `ids` that is trained on.
+    """
+
+    image: np.ndarray  # (3, S, S) float32 in [-1, 1]
+    ids: tuple[int, ...]
+    loss_start: int
+    task: str  # "caption" or "qa"
+    caption: str | None = None
+    question: str | None = None
+    answer: str | None = None
+    qa_type: str | None = None
+    scene: Scene | None = None
+    source: str | None = None  # where it came from, e.g. an image file name
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"Example.task: expected one of {TASKS}, got {self.task!r}")
+        if len(self.ids) < 2:
+            raise ValueError(f"Example.ids: expected at least 2 tokens, got {len(self.ids)}")
+        if not 1 <= self.loss_start < len(self.ids):
+            raise ValueError(
+                f"Example.loss_start: expected 1 <= loss_start < {len(self.ids)}, "
+                f"got {self.loss_start}"
+            )
+
+
+@dataclass(frozen=True)
+class Batch:
+    images: np.ndarray  # (B, 3, S, S) float32
+    inputs: np.ndarray  # (B, T) int64: ids[:-1], padded with pad_id
+    targets: np.ndarray  # (B, T) int64: ids[1:], IGNORE_INDEX at padding and prompt
+    lengths: np.ndarray  # (B,) int64: real (unpadded) positions of each row
+
+
+def image_to_array(image: Image.Image, image_size: int) -> np.ndarray:
+    """(3, S, S) float32 in [-1, 1] from a Pillow image of any mode and size.
+
+    Transparency is composited over white; 16-bit and 32-bit greyscale ("I;16",
+    "I", "F") are scaled by 65535 when any value exceeds 255, else by 255.
+    """
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"image_to_array image: expected a PIL.Image.Image, got {type(image)}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"image_to_array image_size: expected a positive int, got {image_size!r}")
+    if image.mode in _HIGH_DEPTH_MODES:
+        grey = _high_depth_to_unit(image, image_size)  # (S, S) in [0, 1]
+        unit = np.repeat(grey[None], 3, axis=0)  # (3, S, S)
+    else:
+        rgb = _to_rgb(image)
+        if rgb.size != (image_size, image_size):
+            rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
+        unit = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0  # (3, S, S)
+    return (unit * 2.0 - 1.0).astype(np.float32)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        image.mode == "P" and "transparency" in image.info
+    )
+    if not has_alpha:
+        return image.convert("RGB")
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _high_depth_to_unit(image: Image.Image, image_size: int) -> np.ndarray:
+    """(S, S) float32 in [0, 1] from a one-channel image deeper than 8 bits."""
+    values = np.asarray(image, dtype=np.float32)  # (H, W)
+    scale = 65535.0 if values.size and values.max() > 255 else 255.0
+    unit = Image.fromarray(np.clip(values / scale, 0.0, 1.0), "F")
+    if unit.size != (image_size, image_size):
+        unit = unit.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(unit, dtype=np.float32), 0.0, 1.0)
+
+
+def collate(examples: Sequence[Example], pad_id: int = 0, max_len: int | None = None) -> Batch:
+    """Stack examples into a batch padded to its longest sequence.
+
+    For a sequence ids of length n: inputs = ids[:-1], targets = ids[1:]. Target t
+    predicts ids[t + 1], so it is trained only when t + 1 >= loss_start; earlier
+    targets (the prompt) and padding get IGNORE_INDEX.
+    """
+    if len(examples) == 0:
+        raise ValueError("collate examples: expected at least one example, got none")
+    image_shape = examples[0].image.shape
+    for index, example in enumerate(examples):
+        if example.image.shape != image_shape:
+            raise ValueError(
+                f"collate examples[{index}].image: expected shape {image_shape} like "
+                f"examples[0], got {example.image.shape}"
+            )
+        if max_len is not None and len(example.ids) > max_len:
+            named = example.source or example.caption or example.question
+            raise ValueError(
+                f"collate examples[{index}] ({named!r}): sequence of {len(example.ids)} tokens "
+                f"is longer than max_len={max_len}"
+            )
+    width = max(len(example.ids) for example in examples) - 1
+    inputs = np.full((len(examples), width), pad_id, dtype=np.int64)  # (B, T)
+    targets = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)  # (B, T)
+    lengths = np.zeros(len(examples), dtype=np.int64)  # (B,)
+    for row, example in enumerate(examples):
+        ids = np.asarray(example.ids, dtype=np.int64)
+        n = len(ids) - 1
+        inputs[row, :n] = ids[:-1]
+        targets[row, :n] = ids[1:]
+        targets[row, : example.loss_start - 1] = IGNORE_INDEX
+        lengths[row] = n
+    images = np.stack([example.image for example in examples]).astype(np.float32, copy=False)
+    return Batch(images, inputs, targets, lengths)

@@ -1,0 +1,100 @@
+"""SceneConfig: every knob of the procedural scenes, checked when it is made."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from minivlm.data.language import LANGUAGES
+from minivlm.data.vocabulary import (
+    ALL_PAIRS,
+    ATTRIBUTES,
+    COLOURS,
+    DEFAULT_HELD_OUT_PAIRS,
+    GRID,
+    SHAPES,
+    check_attribute_order,
+)
+
+SPLITS: tuple[str, ...] = ("train", "iid", "heldout")
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """How scenes are drawn and described.
+
+    jitter: largest shift of an object's centre, as a fraction of a cell (it is
+        also clipped so the object stays inside its cell).
+    noise: standard deviation of the background noise, in 0..255 levels.
+    attribute_order: the order of the size, colour and shape words.
+    held_out_pairs: (colour, shape) pairs kept out of the "train" and "iid" splits.
+    """
+
+    image_size: int = 64
+    max_objects: int = 3
+    held_out_pairs: tuple[tuple[str, str], ...] = DEFAULT_HELD_OUT_PAIRS
+    jitter: float = 0.08
+    noise: float = 6.0
+    language: str = "en"
+    attribute_order: tuple[str, ...] = ATTRIBUTES
+
+    def __post_init__(self) -> None:
+        _check_int("image_size", self.image_size, low=24, high=2048)
+        _check_int("max_objects", self.max_objects, low=1, high=GRID * GRID)
+        _check_float("jitter", self.jitter, low=0.0, high=0.5)
+        _check_float("noise", self.noise, low=0.0, high=128.0)
+        if self.language not in LANGUAGES:
+            raise ValueError(
+                f"SceneConfig.language: expected one of {sorted(LANGUAGES)}, got {self.language!r}"
+            )
+        order = check_attribute_order(self.attribute_order, "SceneConfig.attribute_order")
+        object.__setattr__(self, "attribute_order", order)
+        object.__setattr__(self, "held_out_pairs", _checked_pairs(self.held_out_pairs))
+
+    @property
+    def training_pairs(self) -> tuple[tuple[str, str], ...]:
+        """The (colour, shape) pairs the "train" and "iid" splits draw from."""
+        held_out = set(self.held_out_pairs)
+        return tuple(pair for pair in ALL_PAIRS if pair not in held_out)
+
+
+def _is_sequence(value: object) -> bool:
+    return isinstance(value, (tuple, list))
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"SceneConfig.{name}: expected an int in [{low}, {high}], got {value!r}")
+
+
+def _check_float(name: str, value: object, low: float, high: float) -> None:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not low <= value <= high:
+        raise ValueError(f"SceneConfig.{name}: expected a number in [{low}, {high}], got {value!r}")
+
+
+def _checked_pairs(pairs: object) -> tuple[tuple[str, str], ...]:
+    """Held-out pairs as a tuple of tuples, each known, none repeated, none orphaning."""
+    name = "SceneConfig.held_out_pairs"
+    if not _is_sequence(pairs):
+        raise ValueError(f"{name}: expected a sequence of (colour, shape) pairs, got {pairs!r}")
+    checked: list[tuple[str, str]] = []
+    for pair in pairs:
+        if not _is_sequence(pair) or len(pair) != 2:
+            raise ValueError(f"{name}: expected (colour, shape) pairs, got {pair!r}")
+        colour, shape = pair
+        if colour not in COLOURS or shape not in SHAPES:
+            raise ValueError(
+                f"{name}: {tuple(pair)!r} is not a (colour, shape) pair; colours are "
+                f"{COLOURS}, shapes are {SHAPES}"
+            )
+        if (colour, shape) in checked:
+            raise ValueError(f"{name}: {tuple(pair)!r} is listed twice")
+        checked.append((colour, shape))
+    kept = set(ALL_PAIRS) - set(checked)
+    for colour in COLOURS:
+        if not any(c == colour for c, _ in kept):
+            raise ValueError(f"{name}: holds out every shape of colour {colour!r}")
+    for shape in SHAPES:
+        if not any(s == shape for _, s in kept):
+            raise ValueError(f"{name}: holds out every colour of shape {shape!r}")
+    return tuple(checked)

@@ -1,0 +1,155 @@
+"""FolderDataset: your own images and texts, listed in root/captions.jsonl.
+
+Each line is {"image": "file.png", "text": "..."} or
+{"image": "file.png", "question": "...", "answer": "..."}. Every row is checked
+when the dataset is made (the JSON, the fields, that the image opens and decodes);
+a bad row raises FolderDataError naming the line and the file, or with
+skip_bad=True is left out and listed in `skipped`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from minivlm.data.batching import Example, image_to_array
+from minivlm.data.tokenizer import KINDS, Tokenizer
+
+CAPTIONS_FILE = "captions.jsonl"
+
+
+class FolderDataError(ValueError):
+    """A bad row of captions.jsonl; `line` is its 1-based line number."""
+
+    def __init__(self, path: Path, line: int, reason: str) -> None:
+        super().__init__(f"{path}, line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FolderRow:
+    line: int
+    image: str  # path relative to the root, as written in captions.jsonl
+    caption: str | None = None
+    question: str | None = None
+    answer: str | None = None
+
+    def texts(self) -> list[str]:
+        return [text for text in (self.caption, self.question, self.answer) if text is not None]
+
+
+class FolderDataset:
+    """Examples from root/captions.jsonl. Without a tokenizer, one is built from the
+    rows' texts (character level by default: it suits any script)."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int = 64,
+        skip_bad: bool = False,
+        tokenizer: Tokenizer | None = None,
+        tokenizer_kind: str = "char",
+    ) -> None:
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+            raise ValueError(
+                f"FolderDataset image_size: expected a positive int, got {image_size!r}"
+            )
+        if tokenizer is None and tokenizer_kind not in KINDS:
+            raise ValueError(
+                f"FolderDataset tokenizer_kind: expected one of {KINDS}, got {tokenizer_kind!r}"
+            )
+        self.root = Path(root)
+        self.image_size = image_size
+        self.captions_path = self.root / CAPTIONS_FILE
+        if not self.captions_path.is_file():
+            raise FileNotFoundError(f"FolderDataset: no {CAPTIONS_FILE} at {self.captions_path}")
+        self.skipped: list[tuple[int, str]] = []
+        self.rows: list[FolderRow] = []
+        with open(self.captions_path, encoding="utf-8-sig") as file:
+            for line_number, line in enumerate(file, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    self.rows.append(self._checked_row(line_number, line))
+                except FolderDataError as error:
+                    if not skip_bad:
+                        raise
+                    self.skipped.append((error.line, error.reason))
+        if not self.rows:
+            raise ValueError(
+                f"FolderDataset: {self.captions_path} has no usable rows "
+                f"({len(self.skipped)} skipped)"
+            )
+        texts = [text for row in self.rows for text in row.texts()]
+        self.tokenizer = (
+            tokenizer if tokenizer is not None else Tokenizer.build(texts, tokenizer_kind)
+        )
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image(self, index: int) -> Image.Image:
+        with Image.open(self.root / self.rows[index].image) as image:
+            image.load()
+            return image
+
+    def __getitem__(self, index: int) -> Example:
+        row = self.rows[index]
+        array = image_to_array(self.image(index), self.image_size)
+        if row.caption is not None:
+            ids, loss_start = self.tokenizer.caption_sequence(row.caption)
+            return Example(
+                array, tuple(ids), loss_start, "caption", caption=row.caption, source=row.image
+            )
+        ids, loss_start = self.tokenizer.qa_sequence(row.question, row.answer)
+        return Example(
+            array,
+            tuple(ids),
+            loss_start,
+            "qa",
+            question=row.question,
+            answer=row.answer,
+            source=row.image,
+        )
+
+    def _checked_row(self, line_number: int, line: str) -> FolderRow:
+        def bad(reason: str) -> FolderDataError:
+            return FolderDataError(self.captions_path, line_number, reason)
+
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise bad(f"not valid JSON ({error.msg})") from None
+        if not isinstance(entry, dict):
+            raise bad(f"expected a JSON object, got {type(entry).__name__}")
+        image = entry.get("image")
+        if not isinstance(image, str) or not image:
+            raise bad(f"expected an 'image' file name, got {image!r}")
+        has_text = "text" in entry
+        has_qa = "question" in entry or "answer" in entry
+        if has_text == has_qa:
+            raise bad(f"image {image!r}: expected either 'text' or 'question' and 'answer'")
+        fields = ("text",) if has_text else ("question", "answer")
+        for name in fields:
+            if not isinstance(entry.get(name), str) or not entry[name]:
+                raise bad(f"image {image!r}: expected {name!r} to be a non-empty string")
+        self._check_image(image, bad)
+        if has_text:
+            return FolderRow(line_number, image, caption=entry["text"])
+        return FolderRow(line_number, image, question=entry["question"], answer=entry["answer"])
+
+    def _check_image(self, image: str, bad: Callable[[str], FolderDataError]) -> None:
+        path = self.root / image
+        if not path.is_file():
+            raise bad(f"image {image!r} not found at {path}")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise bad(f"image {image!r} cannot be read ({error})") from None

@@ -1,0 +1,120 @@
+"""SceneDataset: procedural captioning and question-answering examples, built
+deterministically from (split, seed, index)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from minivlm.data.batching import Example, image_to_array
+from minivlm.data.captions import caption
+from minivlm.data.config import SPLITS, SceneConfig
+from minivlm.data.language import lexicon_texts
+from minivlm.data.questions import QA, sample_balanced_qa
+from minivlm.data.render import render_scene
+from minivlm.data.scenes import Scene, sample_scene, scene_rng
+from minivlm.data.tokenizer import Tokenizer
+
+DATASET_TASKS: tuple[str, ...] = ("caption", "qa", "mix")
+
+
+@dataclass(frozen=True)
+class SceneRecord:
+    """The text side of an example: its scene and its caption or question-answer."""
+
+    scene: Scene
+    task: str  # "caption" or "qa"
+    caption: str | None = None
+    qa: QA | None = None
+
+
+def default_tokenizer(config: SceneConfig) -> Tokenizer:
+    """Covers all text the config generates: words for English, characters for Chinese."""
+    kind = "word" if config.language == "en" else "char"
+    return Tokenizer.build(lexicon_texts(config.language), kind=kind)
+
+
+class SceneDataset:
+    """`size` examples of a split. Example i depends only on (config, split, seed, i).
+
+    task: "caption", "qa", or "mix" (each example is a question with probability
+    qa_fraction). Images are rendered when an example is read.
+    """
+
+    def __init__(
+        self,
+        config: SceneConfig,
+        split: str = "train",
+        size: int = 1000,
+        seed: int = 0,
+        task: str = "caption",
+        qa_fraction: float = 0.5,
+        tokenizer: Tokenizer | None = None,
+    ) -> None:
+        if not isinstance(config, SceneConfig):
+            raise TypeError(f"SceneDataset config: expected a SceneConfig, got {type(config)}")
+        if split not in SPLITS:
+            raise ValueError(f"SceneDataset split: expected one of {SPLITS}, got {split!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise ValueError(f"SceneDataset size: expected a non-negative int, got {size!r}")
+        if task not in DATASET_TASKS:
+            raise ValueError(f"SceneDataset task: expected one of {DATASET_TASKS}, got {task!r}")
+        if not 0.0 <= qa_fraction <= 1.0:
+            raise ValueError(f"SceneDataset qa_fraction: expected 0..1, got {qa_fraction!r}")
+        scene_rng(split, seed, 0)  # checks the seed
+        self.config = config
+        self.split = split
+        self.size = size
+        self.seed = seed
+        self.task = task
+        self.qa_fraction = qa_fraction
+        self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(config)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def record(self, index: int) -> SceneRecord:
+        """The scene and text of example `index`, without rendering the image."""
+        index = self._checked_index(index)
+        rng = scene_rng(self.split, self.seed, index)
+        is_qa = self.task == "qa" or (self.task == "mix" and rng.random() < self.qa_fraction)
+        if is_qa:
+            scene, qa = sample_balanced_qa(self.config, rng, self.split)
+            return SceneRecord(scene, "qa", qa=qa)
+        scene = sample_scene(self.config, rng, self.split)
+        text = caption(scene, self.config.language, self.config.attribute_order)
+        return SceneRecord(scene, "caption", caption=text)
+
+    def image(self, index: int) -> Image.Image:
+        return render_scene(self.record(index).scene, self.config.image_size)
+
+    def __getitem__(self, index: int) -> Example:
+        record = self.record(index)
+        image = image_to_array(
+            render_scene(record.scene, self.config.image_size), self.config.image_size
+        )
+        if record.task == "caption":
+            ids, loss_start = self.tokenizer.caption_sequence(record.caption)
+            return Example(
+                image, tuple(ids), loss_start, "caption", caption=record.caption, scene=record.scene
+            )
+        qa = record.qa
+        ids, loss_start = self.tokenizer.qa_sequence(qa.question, qa.answer)
+        return Example(
+            image,
+            tuple(ids),
+            loss_start,
+            "qa",
+            question=qa.question,
+            answer=qa.answer,
+            qa_type=qa.qa_type,
+            scene=record.scene,
+        )
+
+    def _checked_index(self, index: int) -> int:
+        if not -self.size <= index < self.size:
+            raise IndexError(
+                f"SceneDataset index: expected -{self.size}..{self.size - 1}, got {index}"
+            )
+        return index % self.size
