@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
@@ -14,9 +15,95 @@ def _gradcheck(args: argparse.Namespace) -> int:
     return run_op_table(args.ops, args.device)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    from .train_config import config_from_arguments
+
+    run_demo(config_from_arguments(args))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+    from .train_config import config_from_arguments
+
+    config = config_from_arguments(args)
+    trainer = train(config, resume=args.resume)
+    print(f"trained to step {trainer.step}; checkpoints in {config.out_dir}/checkpoints")
+    return 0
+
+
+def _sampling(args: argparse.Namespace):
+    from .sampling import SamplingConfig
+
+    return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from .inference import caption_file
+
+    print(caption_file(args.checkpoint, args.image, _sampling(args), args.seed, args.attention, args.device))
+    return 0
+
+
+def _ask(args: argparse.Namespace) -> int:
+    from .inference import answer_file
+
+    print(answer_file(args.checkpoint, args.image, args.question, _sampling(args), args.seed, args.device))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .inference import evaluate_checkpoint
+
+    evaluate_checkpoint(args.checkpoint, args.captions, args.questions, args.json, args.device)
+    return 0
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path,
+                        help="a run's folder (its latest checkpoint) or one checkpoint folder")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .train_config import add_config_arguments
+
     parser = argparse.ArgumentParser(prog="minivlm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="train, evaluate and draw the default model (about 10 min on 2 cores)")
+    add_config_arguments(demo)
+    demo.set_defaults(handler=_demo)
+
+    train = commands.add_parser("train", help="train a model (preset, --config FILE, and flags)")
+    add_config_arguments(train)
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.set_defaults(handler=_train)
+
+    caption = commands.add_parser("caption", help="caption an image")
+    caption.add_argument("image", type=Path)
+    _add_sampling_arguments(caption)
+    caption.add_argument("--attention", type=Path, help="also draw the attention maps into this PNG")
+    caption.set_defaults(handler=_caption)
+
+    ask = commands.add_parser("ask", help="answer a question about an image")
+    ask.add_argument("image", type=Path)
+    ask.add_argument("question")
+    _add_sampling_arguments(ask)
+    ask.set_defaults(handler=_ask)
+
+    evaluation = commands.add_parser("eval", help="evaluate a checkpoint on fresh iid and held-out scenes")
+    evaluation.add_argument("--checkpoint", required=True, type=Path)
+    evaluation.add_argument("--captions", type=int, default=256, help="scenes per split")
+    evaluation.add_argument("--questions", type=int, default=512, help="questions per split")
+    evaluation.add_argument("--json", type=Path, help="also write the metrics here")
+    evaluation.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    evaluation.set_defaults(handler=_eval)
 
     check = commands.add_parser("gradcheck", help="check every op's backward against finite differences")
     check.add_argument("ops", nargs="*", help="ops to check (default: all); a prefix selects a family")

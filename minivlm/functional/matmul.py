@@ -26,10 +26,10 @@ class MatMul(Function):
         # treat a (k,) as (1, k) and b (k,) as (k, 1), and give dy those axes back
         a2 = a[None, :] if a.ndim == 1 else a                 # (..., n, k)
         b2 = b[:, None] if b.ndim == 1 else b                 # (..., k, m)
+        if b.ndim == 1:                                       # b first: a (k,) @ b (k,) gives dy ()
+            dy = dy[..., None]
         if a.ndim == 1:
-            dy = dy[..., None, :]
-        if b.ndim == 1:
-            dy = dy[..., None]                                # (..., n, m)
+            dy = dy[..., None, :]                             # (..., n, m)
         # y = a b, so da = dy b^T and db = a^T dy, summed over broadcast batch axes
         da = unbroadcast(dy @ _swap_last(b2), a2.shape).reshape(a.shape)
         db = unbroadcast(_swap_last(a2) @ dy, b2.shape).reshape(b.shape)
@@ -47,17 +47,19 @@ class Linear(Function):
             )
         self.save(x, weight)
         self.has_bias = bias is not None
-        y = x @ weight.T                                      # (..., out)
+        # one 2-D GEMM over all leading axes: (N, in) @ (in, out); a 3-D operand would
+        # make NumPy run one small GEMM per leading index
+        y = x.reshape(-1, x.shape[-1]) @ weight.T             # (N, out)
         if self.has_bias:
             y += bias
-        return y
+        return y.reshape(*x.shape[:-1], weight.shape[0])      # (..., out)
 
     def backward(self, dy):                                   # dy (..., out)
         x, weight = self.saved
         dy2 = dy.reshape(-1, dy.shape[-1])                    # (N, out)
         x2 = x.reshape(-1, x.shape[-1])                       # (N, in)
         # y = x W^T + b: dx = dy W, dW = dy^T x, db = sum_n dy
-        dx = dy @ weight                                      # (..., in)
+        dx = (dy2 @ weight).reshape(x.shape)                  # (..., in)
         dweight = dy2.T @ x2                                  # (out, in)
         if not self.has_bias:
             return dx, dweight

@@ -1,0 +1,94 @@
+"""`minivlm demo`: build the scenes, train the default model on the CPU, evaluate it,
+print the metrics and a few captions and answers, and draw the pictures.
+
+Everything lands in the output folder (demo_out/ by default): the run's log and
+checkpoints, metrics.json, loss_curves.png, samples.png and attention_*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import atomic_write_bytes
+from .data import SceneDataset
+from .evaluate import EvalConfig, evaluate, format_table
+from .generate import answer_questions, caption_images
+from .train import Trainer, scene_config, train
+from .train_config import TrainConfig
+from .viz import array_to_image, attention_grid, line_chart, sample_sheet
+
+
+def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict:
+    out = Path(config.out_dir)
+    started = time.perf_counter()
+    _say(f"minivlm demo: training a {config.d_model}-wide VLM ({config.fusion} fusion) for {config.steps} steps "
+         f"of {config.batch_size} procedural scenes on {config.device}; output in {out}/")
+    trainer = train(config)
+    trained = time.perf_counter()
+    _say(f"trained in {trained - started:.0f} s; evaluating on fresh scenes (iid and held-out colour-shape pairs)")
+    eval_config = eval_config or EvalConfig(device=config.device)
+    results = evaluate(trainer.model, trainer.tokenizer, scene_config(config), eval_config)
+    _say(format_table(results))
+    show_examples(trainer, eval_config.seed)
+    pictures = draw_pictures(trainer, out, eval_config.seed)
+    summary = {"metrics": results, "train_seconds": trained - started,
+               "total_seconds": time.perf_counter() - started, "config": config.to_dict(),
+               "pictures": [str(p) for p in pictures]}
+    atomic_write_bytes(out / "metrics.json", json.dumps(summary, indent=1).encode())
+    _say(f"demo finished in {summary['total_seconds']:.0f} s; pictures: {', '.join(p.name for p in pictures)}")
+    return summary
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def show_examples(trainer: Trainer, seed: int, count: int = 4) -> None:
+    scenes = scene_config(trainer.config)
+    for split in ("iid", "heldout"):
+        data = SceneDataset(scenes, split, count, seed + 7, task="caption", tokenizer=trainer.tokenizer)
+        examples = [data[i] for i in range(count)]
+        generated = caption_images(trainer.model, trainer.tokenizer, np.stack([e.image for e in examples]))
+        _say(f"\ncaptions ({split}):")
+        for example, result in zip(examples, generated):
+            mark = "ok " if result.text == example.caption else "   "
+            _say(f"  {mark}{result.text}\n     true: {example.caption}")
+        questions = SceneDataset(scenes, split, count, seed + 8, task="qa", tokenizer=trainer.tokenizer)
+        qa = [questions[i] for i in range(count)]
+        answers = answer_questions(trainer.model, trainer.tokenizer, np.stack([e.image for e in qa]),
+                                   [e.question for e in qa])
+        _say(f"answers ({split}):")
+        for example, answer in zip(qa, answers):
+            _say(f"  {example.question} -> {answer} (true: {example.answer})")
+
+
+def draw_pictures(trainer: Trainer, out: Path, seed: int, count: int = 8) -> list[Path]:
+    scenes = scene_config(trainer.config)
+    paths = [draw_loss_curves(out / "log.jsonl", out / "loss_curves.png")]
+    data = SceneDataset(scenes, "heldout", count, seed + 9, task="caption", tokenizer=trainer.tokenizer)
+    examples = [data[i] for i in range(count)]
+    generated = caption_images(trainer.model, trainer.tokenizer, np.stack([e.image for e in examples]),
+                               return_attention=True)
+    images = [array_to_image(e.image) for e in examples]
+    paths.append(sample_sheet(images, [g.text for g in generated], out / "samples.png",
+                              references=[e.caption for e in examples]))
+    for i in range(min(3, count)):
+        tokens = [trainer.tokenizer.tokens[t] for t in generated[i].ids]
+        maps = generated[i].attention.mean(axis=(1, 2))                  # (steps, patches)
+        paths.append(attention_grid(images[i], tokens, maps, out / f"attention_{i}.png"))
+    return paths
+
+
+def draw_loss_curves(log_path: Path, path: Path) -> Path:
+    records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
+    series = {"train": ([r["step"] for r in records], [r["loss"] for r in records])}
+    for split in ("iid", "heldout"):
+        points = [(r["step"], r[f"{split}_loss"]) for r in records if f"{split}_loss" in r]
+        if points:
+            series[f"validation ({split})"] = tuple(zip(*points))
+    return line_chart(series, path, "caption loss per token", log_y=True)
+

@@ -1,0 +1,138 @@
+"""Decoding: captions and answers from images, with a KV cache.
+
+The image is encoded once; its cross-attention keys and values are projected on the
+first decoding call and then only read, while each new token adds one position to
+the self-attention caches. `use_cache=False` recomputes the whole prefix each step
+(slow, kept as the reference that the cached path is tested against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .autograd import Tensor, no_grad
+from .data import Tokenizer
+from .models import VLM
+from .sampling import SamplingConfig, next_tokens
+
+
+@dataclass
+class Generated:
+    """One decoded sequence: the new ids, their text, and what each step looked at."""
+
+    ids: list[int]
+    text: str
+    logits: list[np.ndarray] = field(default_factory=list)     # per step, (V,)
+    attention: np.ndarray | None = None   # (steps, blocks, heads, patches) with return_attention
+
+
+def caption_prompt(tokenizer: Tokenizer) -> list[int]:
+    return [tokenizer.bos_id, tokenizer.caption_id]
+
+
+def question_prompt(tokenizer: Tokenizer, question: str) -> list[int]:
+    return [tokenizer.bos_id, tokenizer.question_id, *tokenizer.encode(question), tokenizer.answer_id]
+
+
+def generate(
+    model: VLM,
+    tokenizer: Tokenizer,
+    images: np.ndarray,
+    prompts: list[list[int]],
+    sampling: SamplingConfig = SamplingConfig(),
+    max_new_tokens: int | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+    return_attention: bool = False,
+    keep_logits: bool = False,
+) -> list[Generated]:
+    """Continue each prompt (all of one length) after its image until <eos> or max_len.
+
+    images (B, 3, S, S) float32 as from `image_to_array`; prompts: B lists of ids.
+    """
+    if len({len(p) for p in prompts}) != 1 or len(prompts) != len(images):
+        raise ValueError(
+            f"generate: expected one prompt per image ({len(images)}), all of one length; "
+            f"got {len(prompts)} prompts of lengths {sorted({len(p) for p in prompts})}"
+        )
+    c = model.config
+    prompt = np.array(prompts, dtype=np.int64)                    # (B, P)
+    limit = c.max_len - prompt.shape[1]
+    steps = limit if max_new_tokens is None else min(max_new_tokens, limit)
+    rng = np.random.default_rng(seed)
+    device = model.token_embedding.weight.device
+    model.eval()
+    with no_grad():
+        features = model.encode_images(Tensor(images).to(device))   # (B, N, d)
+        decode = _cached_decoder(model, features) if use_cache else _full_decoder(model, features)
+        sequence = prompt
+        new_ids = np.zeros((len(prompt), 0), dtype=np.int64)
+        done = np.zeros(len(prompt), dtype=bool)
+        step_logits, step_attention = [], []
+        for _ in range(steps):
+            logits, attention = decode(sequence, return_attention)  # (B, V), per block (B, H, N)
+            token = np.where(done, tokenizer.pad_id, next_tokens(logits, sampling, rng))
+            new_ids = np.concatenate([new_ids, token[:, None]], axis=1)
+            sequence = np.concatenate([sequence, token[:, None]], axis=1)
+            step_logits.append(logits)
+            if return_attention:
+                step_attention.append(np.stack(attention, axis=1))     # (B, blocks, H, N)
+            done |= token == tokenizer.eos_id
+            if done.all():
+                break
+    return [
+        _finish(tokenizer, new_ids[b], [l[b] for l in step_logits] if keep_logits else [],
+                np.stack([a[b] for a in step_attention]) if return_attention else None)
+        for b in range(len(prompt))
+    ]
+
+
+def _cached_decoder(model: VLM, features: Tensor):
+    """Feeds only the positions the cache has not seen; returns the last position's output."""
+    cache = model.new_cache()
+
+    def decode(sequence: np.ndarray, return_attention: bool):
+        fresh = sequence[:, cache.length:]
+        out = model.decode(fresh, features if cache.length == 0 else None, cache=cache,
+                           return_attention=return_attention)
+        return _last_position(out, return_attention)
+    return decode
+
+
+def _full_decoder(model: VLM, features: Tensor):
+    def decode(sequence: np.ndarray, return_attention: bool):
+        return _last_position(model.decode(sequence, features, return_attention=return_attention), return_attention)
+    return decode
+
+
+def _last_position(out, return_attention: bool):
+    logits, attention = out if return_attention else (out, [])
+    last = logits.numpy()[:, -1]                                  # (B, V)
+    return last, [w.numpy()[:, :, -1] for w in attention]          # per block (B, H, N)
+
+
+def _finish(tokenizer: Tokenizer, ids: np.ndarray, logits: list, attention) -> Generated:
+    ids = ids.tolist()
+    if tokenizer.eos_id in ids:
+        cut = ids.index(tokenizer.eos_id)
+        ids, logits = ids[: cut + 1], logits[: cut + 1]
+        attention = None if attention is None else attention[: cut + 1]
+    text = tokenizer.decode([i for i in ids if i != tokenizer.eos_id])
+    return Generated(ids, text, logits, attention)
+
+
+def caption_images(model: VLM, tokenizer: Tokenizer, images: np.ndarray, **options) -> list[Generated]:
+    return generate(model, tokenizer, images, [caption_prompt(tokenizer)] * len(images), **options)
+
+
+def answer_questions(model: VLM, tokenizer: Tokenizer, images: np.ndarray, questions: list[str], **options) -> list[str]:
+    """Answers, batching together the questions whose prompts have one length."""
+    prompts = [question_prompt(tokenizer, q) for q in questions]
+    answers: list[str] = [""] * len(questions)
+    for length in sorted({len(p) for p in prompts}):
+        rows = [i for i, p in enumerate(prompts) if len(p) == length]
+        for i, result in zip(rows, generate(model, tokenizer, images[rows], [prompts[i] for i in rows], **options)):
+            answers[i] = result.text
+    return answers

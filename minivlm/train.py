@@ -1,0 +1,201 @@
+"""The training loop: procedural batches, AdamW with warm-up and cosine decay,
+periodic evaluation, a JSONL log, and checkpoints that resume exactly.
+
+Batch s is examples s*B .. (s+1)*B - 1 of an endless, seeded stream of scenes, so a
+resumed run sees the same batches as an uninterrupted one; dropout's generator,
+the optimizer's moments and the schedule's step travel in the checkpoint too.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import functional as F
+from . import random
+from .autograd import Tensor, no_grad
+from .data import IGNORE_INDEX, SceneConfig, SceneDataset, Tokenizer, collate, default_tokenizer
+from .models import VLM, VLMConfig
+from .optim import AdamW, WarmupCosine, clip_grad_norm_
+from .train_checkpoint import load_training_state, save_training_checkpoint
+from .train_config import TrainConfig
+
+STREAM_SIZE = 2**40   # examples in the endless training stream (indexed, never listed)
+
+
+def scene_config(config: TrainConfig) -> SceneConfig:
+    return SceneConfig(
+        image_size=config.image_size, max_objects=config.max_objects,
+        language=config.language, attribute_order=config.attribute_order,
+    )
+
+
+def model_config(config: TrainConfig, vocab_size: int) -> VLMConfig:
+    return VLMConfig(
+        image_size=config.image_size, patch_size=config.patch_size, d_model=config.d_model,
+        n_heads=config.n_heads, n_encoder_layers=config.n_encoder_layers, n_blocks=config.n_blocks,
+        encoder_dropout=config.encoder_dropout, max_len=config.max_len, vocab_size=vocab_size,
+        fusion=config.fusion, norm=config.norm,
+    )
+
+
+def sequence_loss(model: VLM, images, inputs, targets, device: str = "cpu") -> Tensor:
+    """Mean cross-entropy over the target positions that are not IGNORE_INDEX."""
+    logits = model(Tensor(images).to(device), inputs)                  # (B, T, V)
+    vocab = logits.shape[-1]
+    flat_targets = targets.reshape(-1)
+    if device == "cuda":
+        flat_targets = Tensor(flat_targets).to(device).data
+    return F.cross_entropy(logits.reshape(-1, vocab), flat_targets, ignore_index=IGNORE_INDEX)
+
+
+class AttributeCorruption:
+    """Replaces colour and shape words in the decoder's teacher-forced input at random.
+
+    The targets keep the true words, so after a corrupted colour the model cannot lean
+    on "red is usually a square": the shape must come from the image.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, words_by_kind: dict[str, list[str]], rate: float, seed: int):
+        self.rate = rate
+        self.rng = np.random.default_rng([seed, 7])
+        self.groups = [
+            np.array([tokenizer.ids[w] for w in words if w in tokenizer.ids])
+            for words in words_by_kind.values()
+        ]
+
+    def __call__(self, inputs: np.ndarray, step: int) -> np.ndarray:
+        if self.rate == 0.0:
+            return inputs
+        rng = np.random.default_rng([step, 7])  # a function of the step: resumes exactly
+        corrupted = inputs.copy()
+        for ids in self.groups:
+            hit = np.isin(inputs, ids) & (rng.random(inputs.shape) < self.rate)
+            corrupted[hit] = rng.choice(ids, size=int(hit.sum()))
+        return corrupted
+
+
+@dataclass
+class Trainer:
+    config: TrainConfig
+    tokenizer: Tokenizer
+    model: VLM
+    optimizer: AdamW
+    schedule: WarmupCosine
+    step: int = 0
+
+    @classmethod
+    def create(cls, config: TrainConfig) -> Trainer:
+        random.manual_seed(config.seed)
+        tokenizer = default_tokenizer(scene_config(config))
+        model = VLM(model_config(config, tokenizer.vocab_size))
+        model.to(config.device)
+        optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+        schedule = WarmupCosine(optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
+        return cls(config, tokenizer, model, optimizer, schedule)
+
+    def dataset(self, split: str, size: int = STREAM_SIZE, seed: int | None = None, task=None) -> SceneDataset:
+        c = self.config
+        return SceneDataset(
+            scene_config(c), split, size, c.seed if seed is None else seed,
+            task=task or c.task, qa_fraction=c.qa_fraction, tokenizer=self.tokenizer,
+        )
+
+    def batch(self, step: int):
+        """Batch `step` of the stream; QA examples join after qa_start of the run."""
+        c = self.config
+        task = c.task
+        if task == "mix" and step < int(c.qa_start * c.steps):
+            task = "caption"
+        stream = self.dataset("train", task=task)
+        first = step * c.batch_size
+        return collate([stream[i] for i in range(first, first + c.batch_size)], max_len=c.max_len + 1)
+
+    def train_step(self, batch, corruption: AttributeCorruption) -> float:
+        self.model.train()
+        inputs = corruption(batch.inputs, self.step)
+        loss = sequence_loss(self.model, batch.images, inputs, batch.targets, self.config.device)
+        self.optimizer.zero_grad()
+        loss.backward()
+        clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.schedule.step()
+        self.step += 1
+        return loss.item()
+
+    def validation_losses(self) -> dict[str, float]:
+        """Mean loss on fixed caption batches of fresh iid scenes and of held-out pairs."""
+        c = self.config
+        self.model.eval()
+        losses = {}
+        with no_grad():
+            for split in ("iid", "heldout"):
+                data = self.dataset(split, size=c.eval_batches * c.batch_size, seed=c.seed + 1, task="caption")
+                values = []
+                for b in range(c.eval_batches):
+                    batch = collate([data[i] for i in range(b * c.batch_size, (b + 1) * c.batch_size)])
+                    values.append(sequence_loss(self.model, batch.images, batch.inputs, batch.targets, c.device).item())
+                losses[f"{split}_loss"] = float(np.mean(values))
+        return losses
+
+
+def parameter_groups(model: VLM, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: biases, norms, embeddings and gates are not decayed."""
+    decayed, plain = [], []
+    for name, param in model.named_parameters():
+        is_matrix = param.ndim == 2 and "embedding" not in name
+        (decayed if is_matrix else plain).append(param)
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None) -> Trainer:
+    """Train to config.steps (or to `stop_at`, as if interrupted there); returns the trainer."""
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer.create(config)
+    if resume:
+        load_training_state(out, trainer)
+    corruption = AttributeCorruption(trainer.tokenizer, _attribute_words(trainer), config.corrupt_attributes, config.seed)
+    end = config.steps if stop_at is None else min(stop_at, config.steps)
+    log = open(out / "log.jsonl", "a" if resume else "w")
+    bar = _progress(config, trainer.step, end)
+    started, samples = time.perf_counter(), 0
+    try:
+        while trainer.step < end:
+            loss = trainer.train_step(trainer.batch(trainer.step), corruption)
+            samples += config.batch_size
+            rate = samples / (time.perf_counter() - started)
+            record = {"step": trainer.step, "loss": loss, "lr": trainer.schedule.get_lr()[0], "samples_per_s": rate}
+            if trainer.step % config.eval_every == 0 or trainer.step == config.steps:
+                record.update(trainer.validation_losses())
+            if trainer.step % config.log_every == 0 or "iid_loss" in record:
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+            if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
+                save_training_checkpoint(out, trainer)
+            if bar is not None:
+                bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
+                bar.update(1)
+    finally:
+        log.close()
+        if bar is not None:
+            bar.close()
+    return trainer
+
+
+def _attribute_words(trainer: Trainer) -> dict[str, list[str]]:
+    from .data.vocabulary import COLOURS, SHAPES
+
+    return {"colour": list(COLOURS), "shape": list(SHAPES)}
+
+
+def _progress(config: TrainConfig, start: int, end: int):
+    if not config.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=end, initial=start, desc="train", unit="step", dynamic_ncols=True)

@@ -1,0 +1,149 @@
+"""TrainConfig: every knob of a training run, as one dataclass; presets; file + flags.
+
+A run is described by a preset, then a JSON file, then command-line flags, each
+overriding the one before: `minivlm train --preset demo --config my.json --steps 500`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class TrainConfig:
+    # data: procedural scenes (see minivlm.data.SceneConfig)
+    image_size: int = 64
+    max_objects: int = 3
+    language: str = "en"
+    attribute_order: tuple[str, ...] = ("size", "colour", "shape")
+    task: str = "caption"             # "caption", "qa" or "mix"
+    qa_fraction: float = 0.3          # with task "mix": the share of question-answer examples
+    qa_start: float = 0.0             # with task "mix": QA joins after this fraction of the steps
+    corrupt_attributes: float = 0.0   # chance that a colour/shape word in the decoder's input is replaced
+    # model (see minivlm.models.VLMConfig)
+    patch_size: int = 8
+    d_model: int = 128
+    n_heads: int = 4
+    n_encoder_layers: int = 2
+    n_blocks: int = 2
+    encoder_dropout: float = 0.0
+    max_len: int = 64
+    fusion: str = "cross"
+    norm: str = "post"
+    # optimisation
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    # bookkeeping
+    seed: int = 0
+    device: str = "cpu"
+    out_dir: str = "runs/train"
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: int = 2
+    checkpoint_every: int = 500
+    progress: bool = True
+    extra: dict = field(default_factory=dict)   # free-form notes kept with the run
+
+    def __post_init__(self) -> None:
+        self.attribute_order = tuple(self.attribute_order)
+        checks = [
+            ("task", self.task in ("caption", "qa", "mix"), "one of 'caption', 'qa', 'mix'"),
+            ("qa_fraction", 0.0 <= self.qa_fraction <= 1.0, "a number in [0, 1]"),
+            ("qa_start", 0.0 <= self.qa_start < 1.0, "a number in [0, 1)"),
+            ("corrupt_attributes", 0.0 <= self.corrupt_attributes < 1.0, "a number in [0, 1)"),
+            ("steps", self.steps >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("lr", self.lr > 0, "positive"),
+            ("warmup_steps", 0 <= self.warmup_steps, "non-negative"),
+            ("device", self.device in ("cpu", "cuda"), "'cpu' or 'cuda'"),
+            ("log_every", self.log_every >= 1, "at least 1"),
+            ("eval_every", self.eval_every >= 1, "at least 1"),
+            ("checkpoint_every", self.checkpoint_every >= 1, "at least 1"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise ValueError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["attribute_order"] = list(self.attribute_order)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+PRESETS: dict[str, dict] = {
+    # The README's `minivlm demo`: about 10 minutes on 2 CPU cores.
+    "demo": dict(
+        image_size=64, patch_size=8, d_model=128, n_heads=4, n_encoder_layers=2, n_blocks=2,
+        task="mix", qa_fraction=0.3, qa_start=0.5, corrupt_attributes=0.25,
+        steps=1600, batch_size=64, lr=2e-3, warmup_steps=100, out_dir="demo_out",
+        eval_every=400, checkpoint_every=400,
+    ),
+    # The reference tutorial's model: 224 px images, 16 px patches, 4 heads, 2 + 2 layers.
+    "reference": dict(
+        image_size=224, patch_size=16, d_model=128, n_heads=4, n_encoder_layers=2, n_blocks=2,
+        encoder_dropout=0.1, max_len=64, batch_size=16, max_objects=1,
+    ),
+    # A few seconds: for tests and smoke runs.
+    "tiny": dict(
+        image_size=32, patch_size=8, d_model=32, n_heads=2, n_encoder_layers=1, n_blocks=1,
+        steps=20, batch_size=8, warmup_steps=2, log_every=1, eval_every=10, eval_batches=1,
+        checkpoint_every=10, max_objects=2, progress=False,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    return TrainConfig.from_dict({**PRESETS[name], **overrides})
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """--preset, --config FILE, and one --flag per TrainConfig field."""
+    parser.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    parser.add_argument("--config", type=Path, help="a JSON file of TrainConfig fields")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "attribute_order":
+            parser.add_argument(flag, dest=f.name, nargs=3, default=None)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None)
+
+
+def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
+    data = dict(PRESETS[args.preset])
+    if args.config is not None:
+        try:
+            data.update(json.loads(Path(args.config).read_text()))
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"--config {args.config}: cannot read a JSON object ({err})") from err
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            data[f.name] = value
+    return TrainConfig.from_dict(data)
