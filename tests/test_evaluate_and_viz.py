@@ -1,0 +1,49 @@
+"""Evaluation end to end on a tiny model, and the pictures."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from minivlm.demo import draw_pictures
+from minivlm.evaluate import EvalConfig, evaluate, format_table
+from minivlm.train import scene_config, train
+from minivlm.train_config import preset
+from minivlm.viz import attention_grid, line_chart, sample_sheet
+
+
+def test_evaluate_reports_every_metric_for_both_splits_and_draws(tmp_path):
+    trainer = train(preset("tiny", out_dir=str(tmp_path), steps=4, eval_every=2))
+    results = evaluate(trainer.model, trainer.tokenizer, scene_config(trainer.config),
+                       EvalConfig(captions=8, questions=16, batch_size=8))
+    for split in ("iid", "heldout"):
+        for name in ("loss", "perplexity", "image_information_gain", "exact_match", "colour_accuracy",
+                     "held_out_pair_accuracy", "pointing_score", "pointing_chance", "vqa_accuracy",
+                     "vqa_majority_baseline"):
+            assert f"{split}/{name}" in results
+        assert 0.0 <= results[f"{split}/pointing_chance"] <= 1.0
+    assert results["heldout/held_out_objects"] > 0 and results["iid/held_out_objects"] == 0
+    table = format_table(results)
+    assert table.splitlines()[0].split() == ["metric", "iid", "heldout"]
+    paths = draw_pictures(trainer, tmp_path, seed=0, count=2)
+    assert {p.name for p in paths} >= {"loss_curves.png", "samples.png", "attention_0.png"}
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.size[0] > 100
+
+
+def test_attention_grid_has_a_panel_per_token(tmp_path):
+    maps = np.full((5, 16), 1 / 16)
+    maps[2] = np.eye(16)[3]
+    path = attention_grid(Image.new("RGB", (32, 32), "white"), ["a", "red", "square", "at", "top"], maps,
+                          tmp_path / "grid.png", cell=64)
+    with Image.open(path) as image:
+        assert image.size == (6 * 64, 64 + 18)
+        # the "square" panel (index 3) is red where the attention is
+        assert image.getpixel((3 * 64 + 3 * 16 + 8, 18 + 8))[0] > 200
+
+
+def test_line_chart_and_sample_sheet_are_written_atomically(tmp_path):
+    line_chart({"train": ([1, 2, 3], [3.0, 2.0, 1.5])}, tmp_path / "c.png", "loss")
+    sample_sheet([Image.new("RGB", (8, 8))] * 3, ["a red square"] * 3, tmp_path / "s.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "s.png"]

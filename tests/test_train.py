@@ -1,0 +1,88 @@
+"""Training: presets and config errors, a falling loss, exact resume, checkpoint layout."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from minivlm.train import AttributeCorruption, Trainer, train
+from minivlm.train_checkpoint import latest_checkpoint
+from minivlm.train_config import TrainConfig, preset
+
+
+def _losses(out_dir) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_resumed_run_repeats_the_uninterrupted_loss_sequence_exactly(tmp_path):
+    settings = dict(steps=8, checkpoint_every=4, eval_every=4, task="mix", qa_start=0.25,
+                    corrupt_attributes=0.3, encoder_dropout=0.1)
+    train(preset("tiny", out_dir=str(tmp_path / "whole"), **settings))
+    train(preset("tiny", out_dir=str(tmp_path / "split"), **settings), stop_at=4)
+    resumed = train(preset("tiny", out_dir=str(tmp_path / "split"), **settings), resume=True)
+    assert resumed.step == 8
+    assert _losses(tmp_path / "split") == _losses(tmp_path / "whole")
+
+
+def test_checkpoint_holds_weights_tokenizer_optimizer_and_state(tmp_path):
+    train(preset("tiny", out_dir=str(tmp_path), steps=4, checkpoint_every=2))
+    folder = latest_checkpoint(tmp_path)
+    assert folder.name == "step_000004"
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors", "trainer.json"} <= names
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_loss_falls_on_a_tiny_run(tmp_path):
+    train(preset("tiny", out_dir=str(tmp_path), steps=30, lr=3e-3))
+    losses = _losses(tmp_path)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.5
+
+
+def test_resume_refuses_a_run_made_with_other_settings(tmp_path):
+    train(preset("tiny", out_dir=str(tmp_path), steps=4, checkpoint_every=2))
+    with pytest.raises(ValueError, match="d_model"):
+        train(preset("tiny", out_dir=str(tmp_path), steps=4, d_model=16), resume=True)
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        train(preset("tiny", out_dir=str(tmp_path)), resume=True)
+
+
+@pytest.mark.parametrize(
+    "field, value, expected",
+    [("task", "poems", "one of 'caption'"), ("steps", 0, "at least 1"), ("lr", -1.0, "positive"),
+     ("device", "tpu", "'cpu' or 'cuda'"), ("corrupt_attributes", 1.5, "[0, 1)")],
+)
+def test_bad_train_config_names_the_field(field, value, expected):
+    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}: expected .*{re.escape(expected)}"):
+        TrainConfig(**{field: value})
+
+
+def test_unknown_config_field_is_listed():
+    with pytest.raises(ValueError, match="unknown field"):
+        TrainConfig.from_dict({"stpes": 3})
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(ValueError, match="demo"):
+        preset("huge")
+
+
+def test_attribute_corruption_changes_only_attribute_words_and_is_a_function_of_the_step():
+    trainer = Trainer.create(preset("tiny"))
+    tok = trainer.tokenizer
+    words = {"colour": ["red", "blue", "green"], "shape": ["circle", "square"]}
+    corrupt = AttributeCorruption(tok, words, rate=0.9, seed=0)
+    inputs = np.array([tok.encode("a small red circle at the top left and a large blue square in the centre")] * 4)
+    out = corrupt(inputs, step=3)
+    attribute_ids = {tok.ids[w] for ws in words.values() for w in ws}
+    changed = out != inputs
+    assert changed.any()
+    assert all(int(i) in attribute_ids for i in inputs[changed])
+    assert all(int(i) in attribute_ids for i in out[changed])
+    np.testing.assert_array_equal(out, corrupt(inputs, step=3))
