@@ -258,6 +258,8 @@ def _run_backward(fn: Function, pending: dict, retain_graph: bool) -> None:
             continue
         if g.shape != t.shape:
             raise RuntimeError(f"{fn.name}.backward returned shape {g.shape} for an input of {t.shape}")
+        if g.dtype != t.dtype:  # e.g. a float64 array mixed into a float32 op promotes dy
+            g = g.astype(t.dtype)
         if t.creator is None:
             _accumulate_leaf(t, g)
         else:

@@ -6,6 +6,8 @@ sum of the output's gradient over those axes: `unbroadcast` does that sum.
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..autograd import Function, Tensor
 
 
@@ -19,8 +21,20 @@ def unbroadcast(grad, shape: tuple[int, ...]):
     return grad.reshape(shape)
 
 
+def check_broadcast(op: str, a, b) -> None:
+    """A ValueError naming both shapes if `a` and `b` do not broadcast together."""
+    try:
+        np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(
+            f"{op}: shapes {a.shape} and {b.shape} do not broadcast "
+            "(expected every axis, counted from the last, to be equal or 1 in one of them)"
+        ) from None
+
+
 class Add(Function):
     def forward(self, a, b):
+        check_broadcast("add", a, b)
         self.shapes = a.shape, b.shape
         return a + b
 
@@ -31,6 +45,7 @@ class Add(Function):
 
 class Sub(Function):
     def forward(self, a, b):
+        check_broadcast("sub", a, b)
         self.shapes = a.shape, b.shape
         return a - b
 
@@ -40,6 +55,7 @@ class Sub(Function):
 
 class Mul(Function):
     def forward(self, a, b):
+        check_broadcast("mul", a, b)
         self.save(a, b)
         return a * b
 
@@ -51,6 +67,7 @@ class Mul(Function):
 
 class Div(Function):
     def forward(self, a, b):
+        check_broadcast("div", a, b)
         self.save(a, b)
         return a / b
 

@@ -16,23 +16,28 @@ from ..backend import get_array_module
 
 
 def _cross_entropy_rows(logits, targets, ignore_index: int, smoothing: float):
-    """(loss per row (N,), lse (N,), counted (N,) bool) in NumPy or CuPy."""
+    """(loss per row (N,), counted (N,) bool) in NumPy or CuPy.
+
+    Computed from logits shifted by the row max m, lse - z_t = log sum_j e^{z_j - m} - (z_t - m):
+    lse itself, rounded near a logit of 1e4, would lose the loss's digits in float32.
+    """
     xp = get_array_module(logits)
     counted = targets != ignore_index
     safe_targets = xp.where(counted, targets, 0)
-    row_max = logits.max(axis=1, keepdims=True)
-    lse = (xp.log(xp.exp(logits - row_max).sum(axis=1, keepdims=True)) + row_max)[:, 0]
-    target_logit = xp.take_along_axis(logits, safe_targets[:, None], axis=1)[:, 0]
-    loss = (1 - smoothing) * (lse - target_logit)
+    shifted = logits - logits.max(axis=1, keepdims=True)     # (N, V) z - m
+    log_sum = xp.log(xp.exp(shifted).sum(axis=1))            # (N,)   lse - m
+    target_shifted = xp.take_along_axis(shifted, safe_targets[:, None], axis=1)[:, 0]
+    loss = (1 - smoothing) * (log_sum - target_shifted)
     if smoothing:
-        loss += smoothing * (lse - logits.mean(axis=1))
-    return loss * counted, lse, counted
+        loss += smoothing * (log_sum - shifted.mean(axis=1))
+    return loss * counted, counted
 
 
-def _cross_entropy_rows_backward(logits, targets, lse, d_rows, counted, smoothing: float):
+def _cross_entropy_rows_backward(logits, targets, d_rows, counted, smoothing: float):
     """d_logits (N, V) = d_rows_i * (softmax - (1-eps) onehot - eps/V), 0 for ignored rows."""
     xp = get_array_module(logits)
-    d_logits = xp.exp(logits - lse[:, None])                  # softmax (N, V)
+    d_logits = xp.exp(logits - logits.max(axis=1, keepdims=True))
+    d_logits /= d_logits.sum(axis=1, keepdims=True)           # softmax (N, V)
     rows = xp.arange(len(targets))
     d_logits[rows, xp.where(counted, targets, 0)] -= 1 - smoothing
     if smoothing:
@@ -55,7 +60,8 @@ class CrossEntropy(Function):
             )
             counted = targets != self.ignore_index
         else:
-            rows, lse, counted = _cross_entropy_rows(logits, targets, self.ignore_index, self.smoothing)
+            rows, counted = _cross_entropy_rows(logits, targets, self.ignore_index, self.smoothing)
+            lse = None  # the NumPy backward recomputes the softmax from the logits
         self.save(logits, targets, lse, counted)
         if self.reduction == "none":
             return rows
@@ -82,7 +88,7 @@ class CrossEntropy(Function):
                 ignore_index=self.ignore_index, label_smoothing=self.smoothing,
             )
         else:
-            d_logits = _cross_entropy_rows_backward(logits, targets, lse, d_rows, counted, self.smoothing)
+            d_logits = _cross_entropy_rows_backward(logits, targets, d_rows, counted, self.smoothing)
         return d_logits, None
 
 

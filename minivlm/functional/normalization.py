@@ -23,6 +23,9 @@ class LayerNorm(Function):
             return self._forward_cuda(x, *affine)
         mean = x.mean(axis=-1, keepdims=True)                 # (R, 1)
         xc = x - mean                                         # (R, C)
+        # mean is off by its rounding error (~ulp(1e4) in float32, a tenth of a 1e-2
+        # spread); x - mean is exact for x near mean, so the mean of xc finds that error
+        xc -= xc.mean(axis=-1, keepdims=True)
         var = (xc * xc).mean(axis=-1, keepdims=True)          # (R, 1), biased like PyTorch
         rstd = 1.0 / get_array_module(x).sqrt(var + self.eps)  # (R, 1)
         xhat = xc * rstd                                      # (R, C)
@@ -30,7 +33,7 @@ class LayerNorm(Function):
         self.save(xhat, rstd, weight)
         y = xhat * weight if self.has_weight else xhat
         if self.has_bias:
-            y += affine[-1]
+            y = y + affine[-1]                                # not +=: y may be the saved xhat
         return y
 
     fused_cuda = False

@@ -78,7 +78,7 @@ class Max(Function):
     def backward(self, dy):
         x, y = self.saved
         # dy goes to the positions equal to the max, shared equally among ties
-        winners = x == y
+        winners = (x == y).astype(x.dtype)
         share = winners / winners.sum(axis=self.axes, keepdims=True)
         return _expand_reduced(dy, self.axes, self.keepdims, x.ndim) * share
 

@@ -29,7 +29,7 @@ class Permute(Function):
         self.axes = axes
 
     def forward(self, x):
-        if sorted(a % x.ndim for a in self.axes) != list(range(x.ndim)):
+        if sorted(a + x.ndim if a < 0 else a for a in self.axes) != list(range(x.ndim)):
             raise ValueError(f"permute: axes {self.axes} are not a permutation of {x.ndim} dimensions")
         return x.transpose(self.axes)
 
