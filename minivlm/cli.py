@@ -111,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--model", action="store_true", help="check a tiny VLM of each fusion kind instead")
     check.add_argument("--fusion", nargs="*", default=None, help="with --model: which fusion kinds")
     check.set_defaults(handler=_gradcheck)
+
+    from .explain import add_explain_command
+
+    add_explain_command(commands)
     return parser
 
 
