@@ -70,6 +70,25 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
 
 
+def _add_benchmarks(bench: argparse.ArgumentParser) -> None:
+    """The benchmarks live in the checkout's benchmarks/ folder, beside the package."""
+    checkout = Path(__file__).resolve().parents[1]
+    if not (checkout / "benchmarks" / "cli.py").is_file():
+        bench.set_defaults(handler=lambda args: _no_benchmarks(checkout))
+        return
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    from benchmarks.cli import add_subcommands
+
+    add_subcommands(bench.add_subparsers(dest="benchmark", required=True))
+
+
+def _no_benchmarks(checkout: Path) -> int:
+    print(f"minivlm bench: the benchmarks ship with a checkout of the repository, not with the wheel "
+          f"(no benchmarks/ beside {checkout / 'minivlm'}); clone the repository and pip install -e it")
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .train_config import add_config_arguments
 
@@ -115,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .explain import add_explain_command
 
     add_explain_command(commands)
+
+    bench = commands.add_parser("bench", help="benchmarks: attention, ops, train (from a checkout)")
+    _add_benchmarks(bench)
     return parser
 
 

@@ -90,5 +90,5 @@ def draw_loss_curves(log_path: Path, path: Path) -> Path:
         points = [(r["step"], r[f"{split}_loss"]) for r in records if f"{split}_loss" in r]
         if points:
             series[f"validation ({split})"] = tuple(zip(*points))
-    return line_chart(series, path, "caption loss per token", log_y=True)
+    return line_chart(series, path, "loss per token (train: captions, then captions + QA; validation: captions)", log_y=True)
 

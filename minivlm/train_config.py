@@ -94,9 +94,9 @@ PRESETS: dict[str, dict] = {
     # The README's `minivlm demo`: about 10 minutes on 2 CPU cores.
     "demo": dict(
         image_size=64, patch_size=8, d_model=128, n_heads=4, n_encoder_layers=2, n_blocks=2,
-        task="mix", qa_fraction=0.3, qa_start=0.5, corrupt_attributes=0.25,
-        steps=1600, batch_size=64, lr=2e-3, warmup_steps=100, out_dir="demo_out",
-        eval_every=400, checkpoint_every=400,
+        task="mix", qa_fraction=0.35, qa_start=0.6, corrupt_attributes=0.5,
+        steps=1400, batch_size=64, lr=2e-3, warmup_steps=80, out_dir="demo_out",
+        eval_every=350, checkpoint_every=350,
     ),
     # The reference tutorial's model: 224 px images, 16 px patches, 4 heads, 2 + 2 layers.
     "reference": dict(

@@ -108,7 +108,7 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], path,
             draw.line(points, fill=colour, width=2)
         for px, py in points if len(points) < 40 else []:
             draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
-        draw.text((width - right - 170, top + 6 + 16 * i), f"— {name}", fill=colour, font=font)
+        draw.text((width - right - 170, top + 6 + 16 * i), f"-- {name}", fill=colour, font=font)
     draw.text((left, 10), title, fill=INK, font=_font(14))
     draw.text(((width - left) // 2, height - 20), x_label, fill=INK, font=font)
     draw.text((4, top - 20), y_label, fill=INK, font=font)
