@@ -24,9 +24,9 @@ F64_TOL = dict(rtol=1e-10, atol=1e-12)
 F32_TOL = dict(rtol=1e-4, atol=2e-5)
 
 
-def reference_attention(q, k, v, d_out, *, scale, causal, key_lengths=None):
-    """out, lse, dq, dk, dv by materialising every score, in float64, with explicit masks."""
-    q, k, v, d_out = (np.asarray(x, dtype=np.float64) for x in (q, k, v, d_out))
+def reference_attention(q, k, v, d_out, *, scale, causal, key_lengths=None, dtype=np.float64):
+    """out, lse, dq, dk, dv by materialising every score (float64 unless told), explicit masks."""
+    q, k, v, d_out = (np.asarray(x, dtype=dtype) for x in (q, k, v, d_out))
     batch, _, len_q, _ = q.shape
     len_k = k.shape[2]
     query_index = np.arange(len_q)[:, None]  # (Lq, 1)
@@ -82,7 +82,7 @@ def blocked_attention(q, k, v, d_out, **options):
 
 
 def assert_matches_reference(got, want, tol, context: str) -> None:
-    for name, g, w in zip(("out", "lse", "dq", "dk", "dv"), got, want):
+    for name, g, w in zip(("out", "lse", "dq", "dk", "dv"), got, want, strict=True):
         np.testing.assert_allclose(g, w, **tol, err_msg=f"{name} differs ({context})")
 
 
@@ -97,7 +97,7 @@ def test_reference_gradients_match_finite_differences():
     grads = reference_attention(q, k, v, d_out, **options)[2:]
     inputs = [q, k, v]
     eps = 1e-6
-    for index, (name, grad) in enumerate(zip(("q", "k", "v"), grads)):
+    for index, (name, grad) in enumerate(zip(("q", "k", "v"), grads, strict=True)):
         direction = rng.standard_normal(inputs[index].shape)
         shifted = []
         for sign in (1, -1):
@@ -171,9 +171,40 @@ def test_float32_agrees_with_float64_and_stays_float32(causal):
     options = dict(scale=8**-0.5, causal=causal, key_lengths=np.array([45, 20]))
     got32 = blocked_attention(*inputs32, **options, block_q=16, block_k=8)
     got64 = blocked_attention(*inputs64, **options, block_q=16, block_k=8)
-    for name, array in zip(("out", "lse", "dq", "dk", "dv"), got32):
+    for name, array in zip(("out", "lse", "dq", "dk", "dv"), got32, strict=True):
         assert array.dtype == np.float32, f"{name} is {array.dtype} for float32 inputs"
     assert_matches_reference(got32, got64, F32_TOL, f"float32 vs float64, causal={causal}")
+
+
+def test_scores_far_apart_neither_overflow_nor_lose_the_row_max():
+    """Scores spread over hundreds of units: exp(S) alone would overflow or vanish; the
+    online max must keep every tile in range, in float32 as in float64."""
+    rng = np.random.default_rng(8)
+    q, k, v, d_out = random_inputs(rng, 2, 2, 23, 29, 4)
+    q, k = 8 * q, 8 * k  # scores ~ N(0, 128^2)
+    options = dict(scale=1.0, causal=True, key_lengths=np.array([29, 11]))
+    want = reference_attention(q, k, v, d_out, **options)
+    got64 = blocked_attention(q, k, v, d_out, **options, block_q=4, block_k=8)
+    assert_matches_reference(got64, want, F64_TOL, "large scores, float64")
+    inputs32 = [x.astype(np.float32) for x in (q, k, v, d_out)]
+    got32 = blocked_attention(*inputs32, **options, block_q=4, block_k=8)
+    for name, array in zip(("out", "lse", "dq", "dk", "dv"), got32, strict=True):
+        assert np.isfinite(array).all(), f"float32 {name} is not finite"  # every row sees a key
+    np.testing.assert_allclose(got32[0], want[0], rtol=1e-3, atol=1e-3, err_msg="float32 out")
+
+
+def test_strided_views_give_the_same_result_as_contiguous_arrays():
+    """q, k, v as (B, L, H, d) arrays seen as (B, H, L, d), as a model's reshape gives them."""
+    rng = np.random.default_rng(9)
+    q, k, v, d_out = random_inputs(rng, 2, 3, 17, 21, 8)
+    strided = [
+        np.ascontiguousarray(x.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3) for x in (q, k, v)
+    ]
+    assert not strided[0].flags.c_contiguous
+    options = dict(scale=0.3, causal=True, block_q=8, block_k=16)
+    got = blocked_attention(*strided, d_out, **options)
+    want = blocked_attention(q, k, v, d_out, **options)
+    assert_matches_reference(got, want, F64_TOL, "strided vs contiguous inputs")
 
 
 def test_default_blocks_and_one_big_block_match_small_blocks():
@@ -211,7 +242,9 @@ def test_any_shape_mask_and_block_size_matches_reference(
     options = dict(scale=0.6, causal=causal, key_lengths=key_lengths)
     got = blocked_attention(q, k, v, d_out, **options, block_q=block_q, block_k=block_k)
     want = reference_attention(q, k, v, d_out, **options)
-    context = f"Lq={len_q} Lk={len_k} causal={causal} lengths={key_lengths} blocks={block_q},{block_k}"
+    context = (
+        f"Lq={len_q} Lk={len_k} causal={causal} lengths={key_lengths} blocks={block_q},{block_k}"
+    )
     assert_matches_reference(got, want, F64_TOL, context)
 
 
@@ -224,7 +257,7 @@ def test_matches_torch_sdpa_in_float32():
     t_out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True, scale=0.25)
     t_out.backward(torch.from_numpy(d_out))
     want = [t_out.detach().numpy(), tq.grad.numpy(), tk.grad.numpy(), tv.grad.numpy()]
-    for name, g, w in zip(("out", "dq", "dk", "dv"), [got[0], *got[2:]], want):
+    for name, g, w in zip(("out", "dq", "dk", "dv"), [got[0], *got[2:]], want, strict=True):
         np.testing.assert_allclose(g, w, **F32_TOL, err_msg=f"{name} differs from torch")
 
 
@@ -258,7 +291,9 @@ def test_extra_memory_is_far_below_the_naive_path():
     q, k, v, d_out = random_inputs(rng, 1, 1, 1024, 1024, 64, dtype=np.float32)
     options = dict(scale=0.125, causal=True)
     blocked_peak = _peak_traced_bytes(lambda: blocked_attention(q, k, v, d_out, **options))
-    naive_peak = _peak_traced_bytes(lambda: reference_attention(q, k, v, d_out, **options))
+    naive_peak = _peak_traced_bytes(
+        lambda: reference_attention(q, k, v, d_out, **options, dtype=np.float32)
+    )
     assert blocked_peak < naive_peak / 4, (
         f"blocked peak {blocked_peak / 2**20:.1f} MiB is not under a quarter of the naive "
         f"path's {naive_peak / 2**20:.1f} MiB"

@@ -37,18 +37,19 @@ blocks above the causal diagonal are skipped, the diagonal one is cut short); a 
 an explicit mask only when it crosses the diagonal or a key length. A row with no valid key
 gets O = 0 and lse = -inf; every -inf - (-inf) on the way is avoided, not silenced.
 
-How the NumPy code differs from the lines above, each change an exact rewrite:
-- Tiles are stored keys x queries, S^T (B, H, bk, bq), and computed as K Q^T: BLAS runs
-  these products with d = 64 terms much faster when the tall side is the output's rows
-  (bk >= 512) and the short side its columns (bq <= 256). Row-wise softmax steps become
-  reductions over axis -2.
-- Scores are carried in base 2: S2 = log2(e) S, so exp(S - m) = exp2(S2 - m2), and NumPy's
-  exp2 is about twice as fast as its exp. log2(e) and the scale are folded into Q once.
+How the NumPy code differs from the lines above, each change an exact rewrite made for
+speed (float32 inputs stay float32 throughout):
+- Tiles are stored keys x queries, S^T (B, H, bk, bq), and computed as K Q^T: OpenBLAS runs
+  a product with only d = 64 terms per entry about 1.4x faster when the output is tall
+  (bk = 512 rows) and narrow (bq = 128 columns) than the other way round. The softmax's
+  row-wise steps become reductions over axis -2.
+- The scale is folded into Q once: Q_s = scale * Q, so S = Q_s K^T; dQ and dK are summed
+  without it and scaled once at the end.
 - A column appended to both operands of a matmul adds a rank-one term to the product, so
   the matmul also does a row-wise sum or subtraction that would otherwise be one more pass
   over the tile:
       P [V, 1]                = [P V, rowsum P]     (acc and l in one array, forward)
-      [K, 1] [Q_s2, -lse2]^T  = (S2 - lse2)^T       (backward)
+      [K, 1] [Q_s, -lse]^T    = (S - lse)^T         (backward)
       [V, 1] [dO, -D]^T       = (dP - D)^T          (backward)
 """
 
@@ -56,15 +57,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 FLOAT_DTYPES = (np.float32, np.float64)
-LOG2_E = math.log2(math.e)
-LN_2 = math.log(2.0)
-# Default tile sizes, tuned on a 2-core AVX-512 CPU for B*H = 16, d = 64
-# (see benchmarks/cpu_flash_probe.py).
-DEFAULT_BLOCK_Q = 256
+# Default tile sizes: queries per tile (the tile's columns) and keys per tile (its rows).
+# Tuned with benchmarks/cpu_flash_probe.py on a 2-core AVX-512 CPU, B*H = 16, d = 64.
+DEFAULT_BLOCK_Q = 128
 DEFAULT_BLOCK_K = 512
 
 
@@ -77,13 +77,25 @@ class _Visibility:
     causal: bool
     key_lengths: np.ndarray | None  # (B,) int, or None: every key valid
 
+    @cached_property
+    def longest(self) -> int:
+        """Keys at or past this index are padding in every batch item."""
+        if self.key_lengths is None or self.key_lengths.size == 0:
+            return self.len_k
+        return int(self.key_lengths.max())
+
+    @cached_property
+    def shortest(self) -> int:
+        """Keys before this index are valid in every batch item."""
+        if self.key_lengths is None or self.key_lengths.size == 0:
+            return self.len_k
+        return int(self.key_lengths.min())
+
     def key_stop(self, q_stop: int) -> int:
         """One past the last key that any query row < q_stop may see (0 if none)."""
-        stop = self.len_k
+        stop = self.longest
         if self.causal:  # the block's last row q_stop - 1 sees keys j < q_stop + Lk - Lq
             stop = min(stop, max(q_stop + self.len_k - self.len_q, 0))
-        if self.key_lengths is not None:
-            stop = min(stop, int(self.key_lengths.max()))
         return stop
 
     def tile_mask(self, keys: slice, rows: slice) -> np.ndarray | None:
@@ -94,7 +106,7 @@ class _Visibility:
         """
         offset = self.len_k - self.len_q
         crosses_diagonal = self.causal and keys.stop - 1 > rows.start + offset
-        crosses_length = self.key_lengths is not None and keys.stop > self.key_lengths.min()
+        crosses_length = keys.stop > self.shortest
         if not (crosses_diagonal or crosses_length):
             return None
         key_index = np.arange(keys.start, keys.stop)[:, None]  # (bk, 1)
@@ -128,69 +140,73 @@ def flash_attention_forward(
     visibility = _check_inputs(q, k, v, causal=causal, key_lengths=key_lengths)
     block_q, block_k = _check_blocks(block_q, block_k)
     batch, heads, len_q, head_dim = q.shape
-    q_scaled = q * q.dtype.type(scale * LOG2_E)  # Q_s2 (B, H, Lq, d), so Q_s2 K^T = S2
-    v_ones = _with_column(v, 1)  # [V, 1]                (B, H, Lk, d + 1)
+    len_k = k.shape[2]
+    rows_max, keys_max = min(block_q, len_q), min(block_k, visibility.key_stop(len_q))
+    scratch = _Scratch(
+        q.dtype,
+        q_scaled=batch * heads * len_q * head_dim,
+        v_ones=batch * heads * len_k * (head_dim + 1),
+        scores=batch * heads * keys_max * rows_max,
+        acc=batch * heads * rows_max * (head_dim + 1),
+        pv=batch * heads * rows_max * (head_dim + 1),
+    )
+    q_scaled = np.multiply(q, q.dtype.type(scale), out=scratch.take("q_scaled", q.shape))  # Q_s
+    v_ones = _with_column(v, 1, out=scratch.take("v_ones", (batch, heads, len_k, head_dim + 1)))
     out = np.zeros_like(q)  # (B, H, Lq, d)  rows with no valid key stay 0 ...
     lse = np.full((batch, heads, len_q), -np.inf, q.dtype)  # (B, H, Lq)  ... and -inf
-    rows_max = min(block_q, len_q)
-    scores_buffer = np.empty(batch * heads * block_k * rows_max, q.dtype)
-    pv_buffer = np.empty(batch * heads * rows_max * (head_dim + 1), q.dtype)
 
     for q_start in range(0, len_q, block_q):
         rows = slice(q_start, min(q_start + block_q, len_q))
         key_stop = visibility.key_stop(rows.stop)
         if key_stop == 0:
             continue  # no row of this block sees a key
-        row_max2, acc = _forward_query_block(
-            q_scaled[:, :, rows], k, v_ones, rows, key_stop, block_k, visibility,
-            scores_buffer, pv_buffer,
-        )  # fmt: skip
+        row_max, acc = _forward_query_block(
+            q_scaled[:, :, rows], k, v_ones, rows, key_stop, block_k, visibility, scratch
+        )
         # l > 0 exactly in the rows that saw a valid key (their max adds exp(0) = 1)
         row_sum = acc[..., head_dim]  # l  (B, H, bq)
         seen = row_sum > 0
-        np.divide(acc[..., :head_dim], row_sum[..., None], out=out[:, :, rows], where=seen[..., None])
-        # lse = m + log l = ln(2) m2 + log l
-        np.log(row_sum, out=lse[:, :, rows], where=seen)
-        np.add(lse[:, :, rows], LN_2 * row_max2, out=lse[:, :, rows], where=seen)
+        np.divide(
+            acc[..., :head_dim], row_sum[..., None], out=out[:, :, rows], where=seen[..., None]
+        )
+        np.log(row_sum, out=lse[:, :, rows], where=seen)  # lse = m + log l
+        np.add(lse[:, :, rows], row_max, out=lse[:, :, rows], where=seen)
     return out, lse
 
 
-def _forward_query_block(
-    q_block, k, v_ones, rows, key_stop, block_k, visibility, scores_buffer, pv_buffer
-):
-    """Online softmax of one block of queries (Q_s2 rows) over the keys [0, key_stop).
+def _forward_query_block(q_block, k, v_ones, rows, key_stop, block_k, visibility, scratch):
+    """Online softmax of one block of queries (Q_s rows) over the keys [0, key_stop).
 
-    Returns m2 (B, H, bq), the row max in base 2, and acc (B, H, bq, d + 1) =
-    [sum_j exp2(s2_j - m2) v_j, l].
+    Returns the row max m (B, H, bq) and acc (B, H, bq, d + 1) = [sum_j exp(s_j - m) v_j, l].
     """
     batch, heads, num_rows, _ = q_block.shape
     acc_shape = (batch, heads, num_rows, v_ones.shape[-1])
-    acc = np.empty(acc_shape, q_block.dtype)  # [acc, l]  (B, H, bq, d + 1)
-    row_max = None  # m2  (B, H, 1, bq), a row of the transposed tile; None: no key yet
+    acc = scratch.take("acc", acc_shape)  # [acc, l]  (B, H, bq, d + 1)
+    row_max = None  # m  (B, H, 1, bq), a row of the transposed tile; None: no key yet
 
     for k_start in range(0, key_stop, block_k):
         keys = slice(k_start, min(k_start + block_k, key_stop))
         tile = (batch, heads, keys.stop - keys.start, num_rows)
-        scores = _view(scores_buffer, tile)  # S2^T  (B, H, bk, bq)
+        scores = scratch.take("scores", tile)  # S^T  (B, H, bk, bq)
         np.matmul(k[:, :, keys], q_block.swapaxes(-1, -2), out=scores)
         masked = visibility.tile_mask(keys, rows)
         if masked is not None:
             np.copyto(scores, -np.inf, where=masked)
 
         block_max = scores.max(axis=-2, keepdims=True)  # (B, H, 1, bq)
-        new_max = block_max if row_max is None else np.maximum(row_max, block_max)  # m2_new
+        new_max = block_max if row_max is None else np.maximum(row_max, block_max)  # m_new
         # A row with no valid key so far has m_new = -inf: shifting it by 0 instead gives
-        # exp2(-inf - 0) = 0, where exp2(-inf - (-inf)) would be NaN.
+        # exp(-inf - 0) = 0, where exp(-inf - (-inf)) would be NaN.
         shift = np.where(new_max == -np.inf, q_block.dtype.type(0), new_max)
         np.subtract(scores, shift, out=scores)
-        probs = np.exp2(scores, out=scores)  # P^T = exp2(S2 - m2_new)^T  (B, H, bk, bq)
+        probs = np.exp(scores, out=scores)  # P^T = exp(S - m_new)^T  (B, H, bk, bq)
 
         v_block = v_ones[:, :, keys]  # [V, 1]  (B, H, bk, d + 1)
         if row_max is None:
             np.matmul(probs.swapaxes(-1, -2), v_block, out=acc)  # [P V, rowsum P]
         else:
-            acc *= np.exp2(row_max - shift).swapaxes(-1, -2)  # exp(m - m_new); 0 if m = -inf
-            acc += np.matmul(probs.swapaxes(-1, -2), v_block, out=_view(pv_buffer, acc_shape))
+            acc *= np.exp(row_max - shift).swapaxes(-1, -2)  # exp(m - m_new); 0 if m = -inf
+            acc += np.matmul(probs.swapaxes(-1, -2), v_block, out=scratch.take("pv", acc_shape))
         row_max = new_max
     return row_max[:, :, 0], acc
 
@@ -222,16 +238,33 @@ def flash_attention_backward(
     d_dot_o = np.einsum("bhqd,bhqd->bhq", d_out, out)  # (B, H, Lq)
     # A row with no valid key has lse = -inf, but all its scores are masked to -inf before
     # the exp, so any finite stand-in gives P = 0 there without forming -inf - (-inf).
-    lse2 = np.where(lse == -np.inf, dtype.type(0), lse * dtype.type(LOG2_E))  # (B, H, Lq)
-    q_lse = _with_column(q * dtype.type(scale * LOG2_E), -lse2)  # [Q_s2, -lse2] (B,H,Lq,d+1)
-    d_out_d = _with_column(d_out, -d_dot_o)  # [dO, -D]                          (B,H,Lq,d+1)
-    k_ones = _with_column(k, 1)  # [K, 1]                                        (B,H,Lk,d+1)
-    v_ones = _with_column(v, 1)  # [V, 1]                                        (B,H,Lk,d+1)
+    lse_finite = np.where(lse == -np.inf, dtype.type(0), lse)  # (B, H, Lq)
+    len_k = k.shape[2]
+    rows_max, keys_max = min(block_q, len_q), min(block_k, visibility.key_stop(len_q))
+    query_side, key_side = (batch, heads, len_q, head_dim + 1), (batch, heads, len_k, head_dim + 1)
+    scratch = _Scratch(
+        dtype,
+        q_lse=math.prod(query_side),
+        d_out_d=math.prod(query_side),
+        k_ones=math.prod(key_side),
+        v_ones=math.prod(key_side),
+        probs=batch * heads * keys_max * rows_max,  # P^T               (B, H, bk, bq)
+        d_scores=batch * heads * keys_max * rows_max,  # (dP - D)^T, then dS^T
+        key_grad=batch * heads * keys_max * head_dim,  # a tile's dK or dV  (B, H, bk, d)
+        query_grad=batch * heads * rows_max * head_dim,  # a tile's dQ      (B, H, bq, d)
+    )
+    q_lse = scratch.take("q_lse", query_side)  # [Q_s, -lse]
+    np.multiply(q, dtype.type(scale), out=q_lse[..., :head_dim])
+    q_lse[..., head_dim] = -lse_finite
+    d_out_d = _with_column(d_out, -d_dot_o, out=scratch.take("d_out_d", query_side))  # [dO, -D]
+    k_ones = _with_column(k, 1, out=scratch.take("k_ones", key_side))  # [K, 1]
+    v_ones = _with_column(v, 1, out=scratch.take("v_ones", key_side))  # [V, 1]
 
-    dq = np.zeros_like(q)  # (B, H, Lq, d)
-    dk = np.zeros_like(k)  # (B, H, Lk, d)
-    dv = np.zeros_like(v)  # (B, H, Lk, d)
-    buffers = _BackwardBuffers(batch * heads, min(block_q, len_q), block_k, head_dim, dtype)
+    # dq, dk, dv: views of one zeroed allocation (one allocation, few page faults)
+    grads = np.zeros(batch * heads * (len_q + 2 * len_k) * head_dim, dtype)
+    dq = grads[: q.size].reshape(q.shape)  # (B, H, Lq, d)
+    dk = grads[q.size : q.size + k.size].reshape(k.shape)  # (B, H, Lk, d)
+    dv = grads[q.size + k.size :].reshape(v.shape)  # (B, H, Lk, d)
 
     for q_start in range(0, len_q, block_q):
         rows = slice(q_start, min(q_start + block_q, len_q))
@@ -241,7 +274,7 @@ def flash_attention_backward(
         _backward_query_block(
             q[:, :, rows], q_lse[:, :, rows], d_out[:, :, rows], d_out_d[:, :, rows],
             k, k_ones, v_ones, dq[:, :, rows], dk, dv, rows, key_stop, block_k, visibility,
-            buffers,
+            scratch,
         )  # fmt: skip
     # S = scale * Q K^T, so dQ = scale * dS K and dK = scale * dS^T Q
     dq *= dtype.type(scale)
@@ -249,41 +282,31 @@ def flash_attention_backward(
     return dq, dk, dv
 
 
-class _BackwardBuffers:
-    """Flat scratch arrays that every tile of the backward reuses (as views of their front)."""
-
-    def __init__(self, heads: int, rows: int, keys: int, head_dim: int, dtype):
-        self.probs = np.empty(heads * keys * rows, dtype)  # P^T             (B, H, bk, bq)
-        self.d_scores = np.empty(heads * keys * rows, dtype)  # (dP - D)^T, then dS^T
-        self.key_grad = np.empty(heads * keys * head_dim, dtype)  # a tile's dK or dV
-        self.query_grad = np.empty(heads * rows * head_dim, dtype)  # a tile's dQ
-
-
 def _backward_query_block(
     q, q_lse, d_out, d_out_d, k, k_ones, v_ones, dq_block, dk, dv, rows, key_stop, block_k,
-    visibility, buffers,
+    visibility, scratch,
 ):  # fmt: skip
     """Add one query block's terms to dq (its rows), dk and dv (keys < key_stop), unscaled:
     dq and dk get the factor `scale` from the caller."""
     batch, heads, num_rows, head_dim = q.shape
-    dq_tile = _view(buffers.query_grad, q.shape)  # (B, H, bq, d)
+    dq_tile = scratch.take("query_grad", q.shape)  # (B, H, bq, d)
 
     for k_start in range(0, key_stop, block_k):
         keys = slice(k_start, min(k_start + block_k, key_stop))
         tile = (batch, heads, keys.stop - keys.start, num_rows)
-        key_grad_tile = _view(buffers.key_grad, (batch, heads, tile[2], head_dim))
-        # the forward was P = exp2(S2 - lse2), S2 masked to -inf
-        probs = _view(buffers.probs, tile)  # P^T  (B, H, bk, bq)
-        np.matmul(k_ones[:, :, keys], q_lse.swapaxes(-1, -2), out=probs)  # (S2 - lse2)^T
+        key_grad_tile = scratch.take("key_grad", (batch, heads, tile[2], head_dim))
+        # the forward was P = exp(S - lse), S masked to -inf
+        probs = scratch.take("probs", tile)  # P^T  (B, H, bk, bq)
+        np.matmul(k_ones[:, :, keys], q_lse.swapaxes(-1, -2), out=probs)  # (S - lse)^T
         masked = visibility.tile_mask(keys, rows)
         if masked is not None:
             np.copyto(probs, -np.inf, where=masked)
-        np.exp2(probs, out=probs)
+        np.exp(probs, out=probs)
 
         # O = P V, so dV = P^T dO ...
         dv[:, :, keys] += np.matmul(probs, d_out, out=key_grad_tile)
         # ... and dP = dO V^T; the softmax backward is dS = P * (dP - D)
-        d_scores = _view(buffers.d_scores, tile)  # dS^T  (B, H, bk, bq)
+        d_scores = scratch.take("d_scores", tile)  # dS^T  (B, H, bk, bq)
         np.matmul(v_ones[:, :, keys], d_out_d.swapaxes(-1, -2), out=d_scores)  # (dP - D)^T
         np.multiply(d_scores, probs, out=d_scores)
 
@@ -292,17 +315,33 @@ def _backward_query_block(
         dq_block += np.matmul(d_scores.swapaxes(-1, -2), k[:, :, keys], out=dq_tile)
 
 
-def _with_column(x: np.ndarray, column) -> np.ndarray:
-    """[x, column]: x (..., d) with one more last column (a scalar or (...,)), (..., d + 1)."""
-    joined = np.empty(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype)
-    joined[..., :-1] = x
-    joined[..., -1] = column
-    return joined
+class _Scratch:
+    """Named scratch buffers carved out of one allocation.
+
+    Fresh memory costs a page fault per 4 KiB page when first written; at L = 256 a dozen
+    separate one-megabyte buffers cost as much time as the arithmetic. One large allocation
+    is backed by 2 MiB huge pages where the OS allows it (NumPy asks for them from 4 MiB).
+    """
+
+    def __init__(self, dtype, **sizes: int):
+        starts, total = {}, 0
+        for name, size in sizes.items():
+            starts[name] = total
+            total += -(-size // 16) * 16  # each buffer starts 64-byte aligned to the first
+        memory = np.empty(total, dtype)
+        self._buffers = {name: memory[starts[name] : starts[name] + n] for name, n in sizes.items()}
+
+    def take(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A C-contiguous array of `shape` on the front of the named buffer: a buffer sized
+        for the largest tile also serves the smaller last ones."""
+        return self._buffers[name][: math.prod(shape)].reshape(shape)
 
 
-def _view(buffer: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A C-contiguous array of `shape` on the front of a flat scratch buffer."""
-    return buffer[: math.prod(shape)].reshape(shape)
+def _with_column(x: np.ndarray, column, *, out: np.ndarray) -> np.ndarray:
+    """out = [x, column]: x (..., d) and one more last column (a scalar or (...,))."""
+    out[..., :-1] = x
+    out[..., -1] = column
+    return out
 
 
 def _check_inputs(q, k, v, *, causal, key_lengths) -> _Visibility:
@@ -329,7 +368,7 @@ def _check_inputs(q, k, v, *, causal, key_lengths) -> _Visibility:
             raise TypeError(f"key_lengths must be an integer numpy array, got {key_lengths!r}")
         if key_lengths.shape != (batch,):
             raise ValueError(f"key_lengths must have shape ({batch},), got {key_lengths.shape}")
-        if key_lengths.min() < 0 or key_lengths.max() > len_k:
+        if key_lengths.size and (key_lengths.min() < 0 or key_lengths.max() > len_k):
             raise ValueError(f"key_lengths must lie in [0, {len_k}], got {key_lengths}")
     return _Visibility(q.shape[2], len_k, bool(causal), key_lengths)
 
