@@ -246,14 +246,14 @@ def _run_backward(fn: Function, pending: dict, retain_graph: bool) -> None:
     xp = get_array_module(*[g for g in out_grads if g is not None])
     out_grads = [
         xp.zeros(shape, dtype) if g is None else g
-        for g, (shape, dtype) in zip(out_grads, fn.output_specs)
+        for g, (shape, dtype) in zip(out_grads, fn.output_specs, strict=True)
     ]
     in_grads = fn.backward(*out_grads)
     if not isinstance(in_grads, tuple):
         in_grads = (in_grads,)
     if _anomaly_enabled or fn.created_at is not None:
         _check_finite(fn, in_grads, "backward gradient for input")
-    for t, g in zip(fn.inputs, in_grads):
+    for t, g in zip(fn.inputs, in_grads, strict=True):
         if g is None or not t.requires_grad:
             continue
         if g.shape != t.shape:

@@ -42,14 +42,22 @@ def _sampling(args: argparse.Namespace):
 def _caption(args: argparse.Namespace) -> int:
     from .inference import caption_file
 
-    print(caption_file(args.checkpoint, args.image, _sampling(args), args.seed, args.attention, args.device))
+    print(
+        caption_file(
+            args.checkpoint, args.image, _sampling(args), args.seed, args.attention, args.device
+        )
+    )
     return 0
 
 
 def _ask(args: argparse.Namespace) -> int:
     from .inference import answer_file
 
-    print(answer_file(args.checkpoint, args.image, args.question, _sampling(args), args.seed, args.device))
+    print(
+        answer_file(
+            args.checkpoint, args.image, args.question, _sampling(args), args.seed, args.device
+        )
+    )
     return 0
 
 
@@ -61,8 +69,12 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, type=Path,
-                        help="a run's folder (its latest checkpoint) or one checkpoint folder")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="a run's folder (its latest checkpoint) or one checkpoint folder",
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-k", type=int, default=0)
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -84,8 +96,10 @@ def _add_benchmarks(bench: argparse.ArgumentParser) -> None:
 
 
 def _no_benchmarks(checkout: Path) -> int:
-    print(f"minivlm bench: the benchmarks ship with a checkout of the repository, not with the wheel "
-          f"(no benchmarks/ beside {checkout / 'minivlm'}); clone the repository and pip install -e it")
+    print(
+        f"minivlm bench: the benchmarks ship with a checkout of the repository, not with the wheel "
+        f"(no benchmarks/ beside {checkout / 'minivlm'}); clone the repository and pip install -e it"
+    )
     return 2
 
 
@@ -95,19 +109,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minivlm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="train, evaluate and draw the default model (about 10 min on 2 cores)")
+    demo = commands.add_parser(
+        "demo", help="train, evaluate and draw the default model (about 10 min on 2 cores)"
+    )
     add_config_arguments(demo)
     demo.set_defaults(handler=_demo)
 
     train = commands.add_parser("train", help="train a model (preset, --config FILE, and flags)")
     add_config_arguments(train)
-    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+    )
     train.set_defaults(handler=_train)
 
     caption = commands.add_parser("caption", help="caption an image")
     caption.add_argument("image", type=Path)
     _add_sampling_arguments(caption)
-    caption.add_argument("--attention", type=Path, help="also draw the attention maps into this PNG")
+    caption.add_argument(
+        "--attention", type=Path, help="also draw the attention maps into this PNG"
+    )
     caption.set_defaults(handler=_caption)
 
     ask = commands.add_parser("ask", help="answer a question about an image")
@@ -116,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_arguments(ask)
     ask.set_defaults(handler=_ask)
 
-    evaluation = commands.add_parser("eval", help="evaluate a checkpoint on fresh iid and held-out scenes")
+    evaluation = commands.add_parser(
+        "eval", help="evaluate a checkpoint on fresh iid and held-out scenes"
+    )
     evaluation.add_argument("--checkpoint", required=True, type=Path)
     evaluation.add_argument("--captions", type=int, default=256, help="scenes per split")
     evaluation.add_argument("--questions", type=int, default=512, help="questions per split")
@@ -124,10 +146,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     evaluation.set_defaults(handler=_eval)
 
-    check = commands.add_parser("gradcheck", help="check every op's backward against finite differences")
-    check.add_argument("ops", nargs="*", help="ops to check (default: all); a prefix selects a family")
+    check = commands.add_parser(
+        "gradcheck", help="check every op's backward against finite differences"
+    )
+    check.add_argument(
+        "ops", nargs="*", help="ops to check (default: all); a prefix selects a family"
+    )
     check.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    check.add_argument("--model", action="store_true", help="check a tiny VLM of each fusion kind instead")
+    check.add_argument(
+        "--model", action="store_true", help="check a tiny VLM of each fusion kind instead"
+    )
     check.add_argument("--fusion", nargs="*", default=None, help="with --model: which fusion kinds")
     check.set_defaults(handler=_gradcheck)
 

@@ -25,21 +25,31 @@ from .viz import array_to_image, attention_grid, line_chart, sample_sheet
 def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict:
     out = Path(config.out_dir)
     started = time.perf_counter()
-    _say(f"minivlm demo: training a {config.d_model}-wide VLM ({config.fusion} fusion) for {config.steps} steps "
-         f"of {config.batch_size} procedural scenes on {config.device}; output in {out}/")
+    _say(
+        f"minivlm demo: training a {config.d_model}-wide VLM ({config.fusion} fusion) for {config.steps} steps "
+        f"of {config.batch_size} procedural scenes on {config.device}; output in {out}/"
+    )
     trainer = train(config)
     trained = time.perf_counter()
-    _say(f"trained in {trained - started:.0f} s; evaluating on fresh scenes (iid and held-out colour-shape pairs)")
+    _say(
+        f"trained in {trained - started:.0f} s; evaluating on fresh scenes (iid and held-out colour-shape pairs)"
+    )
     eval_config = eval_config or EvalConfig(device=config.device)
     results = evaluate(trainer.model, trainer.tokenizer, scene_config(config), eval_config)
     _say(format_table(results))
     show_examples(trainer, eval_config.seed)
     pictures = draw_pictures(trainer, out, eval_config.seed)
-    summary = {"metrics": results, "train_seconds": trained - started,
-               "total_seconds": time.perf_counter() - started, "config": config.to_dict(),
-               "pictures": [str(p) for p in pictures]}
+    summary = {
+        "metrics": results,
+        "train_seconds": trained - started,
+        "total_seconds": time.perf_counter() - started,
+        "config": config.to_dict(),
+        "pictures": [str(p) for p in pictures],
+    }
     atomic_write_bytes(out / "metrics.json", json.dumps(summary, indent=1).encode())
-    _say(f"demo finished in {summary['total_seconds']:.0f} s; pictures: {', '.join(p.name for p in pictures)}")
+    _say(
+        f"demo finished in {summary['total_seconds']:.0f} s; pictures: {', '.join(p.name for p in pictures)}"
+    )
     return summary
 
 
@@ -50,35 +60,57 @@ def _say(text: str) -> None:
 def show_examples(trainer: Trainer, seed: int, count: int = 4) -> None:
     scenes = scene_config(trainer.config)
     for split in ("iid", "heldout"):
-        data = SceneDataset(scenes, split, count, seed + 7, task="caption", tokenizer=trainer.tokenizer)
+        data = SceneDataset(
+            scenes, split, count, seed + 7, task="caption", tokenizer=trainer.tokenizer
+        )
         examples = [data[i] for i in range(count)]
-        generated = caption_images(trainer.model, trainer.tokenizer, np.stack([e.image for e in examples]))
+        generated = caption_images(
+            trainer.model, trainer.tokenizer, np.stack([e.image for e in examples])
+        )
         _say(f"\ncaptions ({split}):")
-        for example, result in zip(examples, generated):
+        for example, result in zip(examples, generated, strict=False):
             mark = "ok " if result.text == example.caption else "   "
             _say(f"  {mark}{result.text}\n     true: {example.caption}")
-        questions = SceneDataset(scenes, split, count, seed + 8, task="qa", tokenizer=trainer.tokenizer)
+        questions = SceneDataset(
+            scenes, split, count, seed + 8, task="qa", tokenizer=trainer.tokenizer
+        )
         qa = [questions[i] for i in range(count)]
-        answers = answer_questions(trainer.model, trainer.tokenizer, np.stack([e.image for e in qa]),
-                                   [e.question for e in qa])
+        answers = answer_questions(
+            trainer.model,
+            trainer.tokenizer,
+            np.stack([e.image for e in qa]),
+            [e.question for e in qa],
+        )
         _say(f"answers ({split}):")
-        for example, answer in zip(qa, answers):
+        for example, answer in zip(qa, answers, strict=False):
             _say(f"  {example.question} -> {answer} (true: {example.answer})")
 
 
 def draw_pictures(trainer: Trainer, out: Path, seed: int, count: int = 8) -> list[Path]:
     scenes = scene_config(trainer.config)
     paths = [draw_loss_curves(out / "log.jsonl", out / "loss_curves.png")]
-    data = SceneDataset(scenes, "heldout", count, seed + 9, task="caption", tokenizer=trainer.tokenizer)
+    data = SceneDataset(
+        scenes, "heldout", count, seed + 9, task="caption", tokenizer=trainer.tokenizer
+    )
     examples = [data[i] for i in range(count)]
-    generated = caption_images(trainer.model, trainer.tokenizer, np.stack([e.image for e in examples]),
-                               return_attention=True)
+    generated = caption_images(
+        trainer.model,
+        trainer.tokenizer,
+        np.stack([e.image for e in examples]),
+        return_attention=True,
+    )
     images = [array_to_image(e.image) for e in examples]
-    paths.append(sample_sheet(images, [g.text for g in generated], out / "samples.png",
-                              references=[e.caption for e in examples]))
+    paths.append(
+        sample_sheet(
+            images,
+            [g.text for g in generated],
+            out / "samples.png",
+            references=[e.caption for e in examples],
+        )
+    )
     for i in range(min(3, count)):
         tokens = [trainer.tokenizer.tokens[t] for t in generated[i].ids]
-        maps = generated[i].attention.mean(axis=(1, 2))                  # (steps, patches)
+        maps = generated[i].attention.mean(axis=(1, 2))  # (steps, patches)
         paths.append(attention_grid(images[i], tokens, maps, out / f"attention_{i}.png"))
     return paths
 
@@ -89,6 +121,10 @@ def draw_loss_curves(log_path: Path, path: Path) -> Path:
     for split in ("iid", "heldout"):
         points = [(r["step"], r[f"{split}_loss"]) for r in records if f"{split}_loss" in r]
         if points:
-            series[f"validation ({split})"] = tuple(zip(*points))
-    return line_chart(series, path, "loss per token (train: captions, then captions + QA; validation: captions)", log_y=True)
-
+            series[f"validation ({split})"] = tuple(zip(*points, strict=False))
+    return line_chart(
+        series,
+        path,
+        "loss per token (train: captions, then captions + QA; validation: captions)",
+        log_y=True,
+    )

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .autograd import Tensor, no_grad
-from .data import QA_TYPES, SceneConfig, SceneDataset, Tokenizer, caption_with_spans, collate, object_masks
+from .data import (
+    QA_TYPES,
+    SceneConfig,
+    SceneDataset,
+    Tokenizer,
+    caption_with_spans,
+    collate,
+    object_masks,
+)
 from .generate import answer_questions, caption_images
 from .metrics import CaptionScores, QAScores, patch_masks, pointing_score, token_objects_from_spans
 from .models import VLM
@@ -32,22 +40,40 @@ SPLITS = ("iid", "heldout")
 
 @dataclass
 class EvalConfig:
-    captions: int = 256          # scenes per split for caption metrics
-    questions: int = 512         # questions per split
+    captions: int = 256  # scenes per split for caption metrics
+    questions: int = 512  # questions per split
     batch_size: int = 64
-    seed: int = 12345            # scenes nobody trained on
+    seed: int = 12345  # scenes nobody trained on
     device: str = "cpu"
 
 
-def evaluate(model: VLM, tokenizer: Tokenizer, scenes: SceneConfig, config: EvalConfig = EvalConfig()) -> dict:
+def evaluate(
+    model: VLM, tokenizer: Tokenizer, scenes: SceneConfig, config: EvalConfig = EvalConfig()
+) -> dict:
     """Every metric above, per split, as a flat dict of floats: {"iid/exact_match": ...}."""
     results = {}
     training_answers = _training_answers(scenes, tokenizer, config)
     for split in SPLITS:
-        captions = SceneDataset(scenes, split, config.captions, config.seed, task="caption", tokenizer=tokenizer)
-        results.update({f"{split}/{k}": v for k, v in _caption_metrics(model, tokenizer, scenes, captions, config).items()})
-        questions = SceneDataset(scenes, split, config.questions, config.seed, task="qa", tokenizer=tokenizer)
-        results.update({f"{split}/{k}": v for k, v in _qa_metrics(model, tokenizer, questions, training_answers, config).items()})
+        captions = SceneDataset(
+            scenes, split, config.captions, config.seed, task="caption", tokenizer=tokenizer
+        )
+        results.update(
+            {
+                f"{split}/{k}": v
+                for k, v in _caption_metrics(model, tokenizer, scenes, captions, config).items()
+            }
+        )
+        questions = SceneDataset(
+            scenes, split, config.questions, config.seed, task="qa", tokenizer=tokenizer
+        )
+        results.update(
+            {
+                f"{split}/{k}": v
+                for k, v in _qa_metrics(
+                    model, tokenizer, questions, training_answers, config
+                ).items()
+            }
+        )
     return results
 
 
@@ -56,7 +82,9 @@ def _batches(dataset: SceneDataset, size: int):
         yield [dataset[i] for i in range(first, min(first + size, len(dataset)))]
 
 
-def _caption_metrics(model, tokenizer, scenes: SceneConfig, dataset: SceneDataset, config: EvalConfig) -> dict:
+def _caption_metrics(
+    model, tokenizer, scenes: SceneConfig, dataset: SceneDataset, config: EvalConfig
+) -> dict:
     scores = CaptionScores()
     true_losses, shuffled_losses, counts = [], [], []
     pointing, chance, pointed = [], [], 0
@@ -64,11 +92,17 @@ def _caption_metrics(model, tokenizer, scenes: SceneConfig, dataset: SceneDatase
     for examples in _batches(dataset, config.batch_size):
         batch = collate(examples)
         with no_grad():
-            true_losses.append(sequence_loss(model, batch.images, batch.inputs, batch.targets, config.device).item())
-            shuffled = np.roll(batch.images, 1, axis=0)       # each caption gets another scene's image
-            shuffled_losses.append(sequence_loss(model, shuffled, batch.inputs, batch.targets, config.device).item())
+            true_losses.append(
+                sequence_loss(
+                    model, batch.images, batch.inputs, batch.targets, config.device
+                ).item()
+            )
+            shuffled = np.roll(batch.images, 1, axis=0)  # each caption gets another scene's image
+            shuffled_losses.append(
+                sequence_loss(model, shuffled, batch.inputs, batch.targets, config.device).item()
+            )
         counts.append(int((batch.targets != -100).sum()))
-        for example, generated in zip(examples, caption_images(model, tokenizer, batch.images)):
+        for example, generated in zip(examples, caption_images(model, tokenizer, batch.images), strict=False):
             scores.add(generated.text, example.caption, example.scene, scenes)
         share, base, n = _pointing(model, tokenizer, scenes, examples, batch, config)
         pointing.append(share * n)
@@ -81,7 +115,10 @@ def _caption_metrics(model, tokenizer, scenes: SceneConfig, dataset: SceneDatase
         "perplexity": float(np.exp(loss)),
         "image_information_gain": float(np.dot(shuffled_losses, weights)) - loss,
         "exact_match": scores.exact_match,
-        **{f"{name}_accuracy": scores.accuracy(name) for name in ("colour", "shape", "size", "cell")},
+        **{
+            f"{name}_accuracy": scores.accuracy(name)
+            for name in ("colour", "shape", "size", "cell")
+        },
         "held_out_pair_accuracy": scores.held_out_pair_accuracy,
         "held_out_objects": scores.held_out_objects,
         "pointing_score": sum(pointing) / max(pointed, 1),
@@ -92,9 +129,12 @@ def _caption_metrics(model, tokenizer, scenes: SceneConfig, dataset: SceneDatase
 def _pointing(model, tokenizer, scenes: SceneConfig, examples, batch, config: EvalConfig):
     """Teacher-forced cross-attention on the reference captions' colour and shape words."""
     with no_grad():
-        _, attention = model.decode(batch.inputs, model.encode_images(Tensor(batch.images).to(config.device)),
-                                    return_attention=True)
-    maps = np.mean([w.numpy() for w in attention], axis=0).mean(axis=1)   # (B, T, N)
+        _, attention = model.decode(
+            batch.inputs,
+            model.encode_images(Tensor(batch.images).to(config.device)),
+            return_attention=True,
+        )
+    maps = np.mean([w.numpy() for w in attention], axis=0).mean(axis=1)  # (B, T, N)
     patch = model.config.patch_size
     shares, bases, total = [], [], 0
     for b, example in enumerate(examples):
@@ -103,7 +143,9 @@ def _pointing(model, tokenizer, scenes: SceneConfig, examples, batch, config: Ev
         owners = token_objects_from_spans(offsets, spans)
         # word j of the caption is ids[j + 2], predicted at input position j + 1
         rows = maps[b, 1 : 1 + len(owners)]
-        share, base, n = pointing_score(rows, owners, patch_masks(object_masks(example.scene, scenes.image_size), patch))
+        share, base, n = pointing_score(
+            rows, owners, patch_masks(object_masks(example.scene, scenes.image_size), patch)
+        )
         shares.append(share * n)
         bases.append(base * n)
         total += n
@@ -121,14 +163,19 @@ def _training_answers(scenes: SceneConfig, tokenizer, config: EvalConfig) -> dic
     return answers
 
 
-def _qa_metrics(model, tokenizer, dataset: SceneDataset, training_answers, config: EvalConfig) -> dict:
+def _qa_metrics(
+    model, tokenizer, dataset: SceneDataset, training_answers, config: EvalConfig
+) -> dict:
     scores = QAScores()
     for examples in _batches(dataset, config.batch_size):
         images = np.stack([e.image for e in examples])
         predicted = answer_questions(model, tokenizer, images, [e.question for e in examples])
-        for example, answer in zip(examples, predicted):
+        for example, answer in zip(examples, predicted, strict=False):
             scores.add(example.qa_type, answer, example.answer)
-    metrics = {"vqa_accuracy": scores.accuracy(), "vqa_majority_baseline": scores.majority_baseline(training_answers)}
+    metrics = {
+        "vqa_accuracy": scores.accuracy(),
+        "vqa_majority_baseline": scores.majority_baseline(training_answers),
+    }
     for qa_type in QA_TYPES:
         if scores.total[qa_type]:
             metrics[f"vqa_{qa_type}_accuracy"] = scores.accuracy(qa_type)
@@ -144,14 +191,33 @@ def format_table(results: dict) -> str:
         cells = []
         for split in SPLITS:
             value = results.get(f"{split}/{name}")
-            cells.append(f"{'':>12s}" if value is None else f"{value:12.3f}" if isinstance(value, float) else f"{value:12d}")
+            cells.append(
+                f"{'':>12s}"
+                if value is None
+                else f"{value:12.3f}"
+                if isinstance(value, float)
+                else f"{value:12d}"
+            )
         lines.append(f"{name:32s}" + "".join(cells))
     return "\n".join(lines)
 
 
-_ORDER = ["loss", "perplexity", "image_information_gain", "exact_match", "colour_accuracy", "shape_accuracy",
-          "size_accuracy", "cell_accuracy", "held_out_pair_accuracy", "held_out_objects", "pointing_score",
-          "pointing_chance", "vqa_accuracy", "vqa_majority_baseline"]
+_ORDER = [
+    "loss",
+    "perplexity",
+    "image_information_gain",
+    "exact_match",
+    "colour_accuracy",
+    "shape_accuracy",
+    "size_accuracy",
+    "cell_accuracy",
+    "held_out_pair_accuracy",
+    "held_out_objects",
+    "pointing_score",
+    "pointing_chance",
+    "vqa_accuracy",
+    "vqa_majority_baseline",
+]
 
 
 def _metric_order(name: str):

@@ -24,8 +24,8 @@ class Generated:
 
     ids: list[int]
     text: str
-    logits: list[np.ndarray] = field(default_factory=list)     # per step, (V,)
-    attention: np.ndarray | None = None   # (steps, blocks, heads, patches) with return_attention
+    logits: list[np.ndarray] = field(default_factory=list)  # per step, (V,)
+    attention: np.ndarray | None = None  # (steps, blocks, heads, patches) with return_attention
 
 
 def caption_prompt(tokenizer: Tokenizer) -> list[int]:
@@ -33,7 +33,12 @@ def caption_prompt(tokenizer: Tokenizer) -> list[int]:
 
 
 def question_prompt(tokenizer: Tokenizer, question: str) -> list[int]:
-    return [tokenizer.bos_id, tokenizer.question_id, *tokenizer.encode(question), tokenizer.answer_id]
+    return [
+        tokenizer.bos_id,
+        tokenizer.question_id,
+        *tokenizer.encode(question),
+        tokenizer.answer_id,
+    ]
 
 
 def generate(
@@ -58,14 +63,14 @@ def generate(
             f"got {len(prompts)} prompts of lengths {sorted({len(p) for p in prompts})}"
         )
     c = model.config
-    prompt = np.array(prompts, dtype=np.int64)                    # (B, P)
+    prompt = np.array(prompts, dtype=np.int64)  # (B, P)
     limit = c.max_len - prompt.shape[1]
     steps = limit if max_new_tokens is None else min(max_new_tokens, limit)
     rng = np.random.default_rng(seed)
     device = model.token_embedding.weight.device
     model.eval()
     with no_grad():
-        features = model.encode_images(Tensor(images).to(device))   # (B, N, d)
+        features = model.encode_images(Tensor(images).to(device))  # (B, N, d)
         decode = _cached_decoder(model, features) if use_cache else _full_decoder(model, features)
         sequence = prompt
         new_ids = np.zeros((len(prompt), 0), dtype=np.int64)
@@ -78,13 +83,17 @@ def generate(
             sequence = np.concatenate([sequence, token[:, None]], axis=1)
             step_logits.append(logits)
             if return_attention:
-                step_attention.append(np.stack(attention, axis=1))     # (B, blocks, H, N)
+                step_attention.append(np.stack(attention, axis=1))  # (B, blocks, H, N)
             done |= token == tokenizer.eos_id
             if done.all():
                 break
     return [
-        _finish(tokenizer, new_ids[b], [l[b] for l in step_logits] if keep_logits else [],
-                np.stack([a[b] for a in step_attention]) if return_attention else None)
+        _finish(
+            tokenizer,
+            new_ids[b],
+            [l[b] for l in step_logits] if keep_logits else [],
+            np.stack([a[b] for a in step_attention]) if return_attention else None,
+        )
         for b in range(len(prompt))
     ]
 
@@ -94,23 +103,31 @@ def _cached_decoder(model: VLM, features: Tensor):
     cache = model.new_cache()
 
     def decode(sequence: np.ndarray, return_attention: bool):
-        fresh = sequence[:, cache.length:]
-        out = model.decode(fresh, features if cache.length == 0 else None, cache=cache,
-                           return_attention=return_attention)
+        fresh = sequence[:, cache.length :]
+        out = model.decode(
+            fresh,
+            features if cache.length == 0 else None,
+            cache=cache,
+            return_attention=return_attention,
+        )
         return _last_position(out, return_attention)
+
     return decode
 
 
 def _full_decoder(model: VLM, features: Tensor):
     def decode(sequence: np.ndarray, return_attention: bool):
-        return _last_position(model.decode(sequence, features, return_attention=return_attention), return_attention)
+        return _last_position(
+            model.decode(sequence, features, return_attention=return_attention), return_attention
+        )
+
     return decode
 
 
 def _last_position(out, return_attention: bool):
     logits, attention = out if return_attention else (out, [])
-    last = logits.numpy()[:, -1]                                  # (B, V)
-    return last, [w.numpy()[:, :, -1] for w in attention]          # per block (B, H, N)
+    last = logits.numpy()[:, -1]  # (B, V)
+    return last, [w.numpy()[:, :, -1] for w in attention]  # per block (B, H, N)
 
 
 def _finish(tokenizer: Tokenizer, ids: np.ndarray, logits: list, attention) -> Generated:
@@ -123,16 +140,22 @@ def _finish(tokenizer: Tokenizer, ids: np.ndarray, logits: list, attention) -> G
     return Generated(ids, text, logits, attention)
 
 
-def caption_images(model: VLM, tokenizer: Tokenizer, images: np.ndarray, **options) -> list[Generated]:
+def caption_images(
+    model: VLM, tokenizer: Tokenizer, images: np.ndarray, **options
+) -> list[Generated]:
     return generate(model, tokenizer, images, [caption_prompt(tokenizer)] * len(images), **options)
 
 
-def answer_questions(model: VLM, tokenizer: Tokenizer, images: np.ndarray, questions: list[str], **options) -> list[str]:
+def answer_questions(
+    model: VLM, tokenizer: Tokenizer, images: np.ndarray, questions: list[str], **options
+) -> list[str]:
     """Answers, batching together the questions whose prompts have one length."""
     prompts = [question_prompt(tokenizer, q) for q in questions]
     answers: list[str] = [""] * len(questions)
     for length in sorted({len(p) for p in prompts}):
         rows = [i for i, p in enumerate(prompts) if len(p) == length]
-        for i, result in zip(rows, generate(model, tokenizer, images[rows], [prompts[i] for i in rows], **options)):
+        for i, result in zip(
+            rows, generate(model, tokenizer, images[rows], [prompts[i] for i in rows], **options), strict=False
+        ):
             answers[i] = result.text
     return answers

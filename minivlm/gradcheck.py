@@ -22,7 +22,6 @@ import numpy as np
 from .autograd import Tensor, no_grad
 from .backend import get_array_module, to_numpy
 
-
 # Relative errors are taken against max(|analytic|, |numeric|, REL_FLOOR), so that a
 # gradient that is zero up to rounding does not report a huge relative error.
 REL_FLOOR = 1e-3
@@ -101,28 +100,38 @@ def gradcheck(
     leaves = [_as_float64_leaf(x) for x in inputs]
     checked = [i for i, t in enumerate(leaves) if t.requires_grad]
     if not checked:
-        raise ValueError("gradcheck: no input requires grad; pass floating tensors with requires_grad=True")
+        raise ValueError(
+            "gradcheck: no input requires grad; pass floating tensors with requires_grad=True"
+        )
 
     outputs = _outputs(fn(*leaves))
     upstream = [_random_like(rng, o.data) for o in outputs]
 
     def objective() -> float:  # L(x) = sum_k <g_k, f_k(x)>
         with no_grad():
-            return sum(float((g * o.data).sum()) for g, o in zip(upstream, _outputs(fn(*leaves))))
+            return sum(float((g * o.data).sum()) for g, o in zip(upstream, _outputs(fn(*leaves)), strict=False))
 
-    for out, g in zip(outputs, upstream):
+    for out, g in zip(outputs, upstream, strict=False):
         if out.requires_grad:
             out.backward(g, retain_graph=True)
     checks = []
     for i in checked:
         leaf = leaves[i]
-        analytic = leaf.grad if leaf.grad is not None else get_array_module(leaf.data).zeros_like(leaf.data)
+        analytic = (
+            leaf.grad
+            if leaf.grad is not None
+            else get_array_module(leaf.data).zeros_like(leaf.data)
+        )
         if leaf.size <= full_limit:
             elements = list(np.ndindex(leaf.shape))
-            checks.append(_compare_elements(i, leaf, analytic, elements, objective, eps, atol, rtol, "full"))
+            checks.append(
+                _compare_elements(i, leaf, analytic, elements, objective, eps, atol, rtol, "full")
+            )
         else:
             checks.append(
-                _compare_large(i, leaf, analytic, objective, rng, eps, atol, rtol, directions, samples)
+                _compare_large(
+                    i, leaf, analytic, objective, rng, eps, atol, rtol, directions, samples
+                )
             )
     report = GradcheckReport(checks, atol, rtol)
     if raise_on_failure and not report.passed:
@@ -161,7 +170,9 @@ def _central_difference(leaf: Tensor, direction, objective, eps: float) -> float
     return (plus - minus) / (2 * eps)
 
 
-def _compare_elements(index, leaf, analytic, elements, objective, eps, atol, rtol, mode) -> InputCheck:
+def _compare_elements(
+    index, leaf, analytic, elements, objective, eps, atol, rtol, mode
+) -> InputCheck:
     analytic_host = to_numpy(analytic)
     xp = get_array_module(leaf.data)
     worst = None  # (excess over tolerance, element, analytic, numeric)
@@ -178,15 +189,21 @@ def _compare_elements(index, leaf, analytic, elements, objective, eps, atol, rto
         if worst is None or excess > worst[0]:
             worst = (excess, element, value, numeric)
     excess, element, value, numeric = worst
-    return InputCheck(index, leaf.shape, mode, max_abs, max_rel, element, value, numeric, excess <= 0)
+    return InputCheck(
+        index, leaf.shape, mode, max_abs, max_rel, element, value, numeric, excess <= 0
+    )
 
 
-def _compare_large(index, leaf, analytic, objective, rng, eps, atol, rtol, directions, samples) -> InputCheck:
+def _compare_large(
+    index, leaf, analytic, objective, rng, eps, atol, rtol, directions, samples
+) -> InputCheck:
     xp = get_array_module(leaf.data)
     # A sample of single elements names a culprit; directions cover every element at once.
     flat = rng.choice(leaf.size, size=min(samples, leaf.size), replace=False)
     elements = [np.unravel_index(int(i), leaf.shape) for i in flat]
-    check = _compare_elements(index, leaf, analytic, elements, objective, eps, atol, rtol, "directions+sample")
+    check = _compare_elements(
+        index, leaf, analytic, elements, objective, eps, atol, rtol, "directions+sample"
+    )
     for k in range(directions):
         direction = _random_like(rng, leaf.data)
         direction /= xp.linalg.norm(direction)

@@ -8,7 +8,7 @@ from .backend import DeviceError, require_cuda
 
 
 def _print_row(cells, widths) -> None:
-    print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)), flush=True)
+    print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=False)), flush=True)
 
 
 def _check_device(device: str) -> bool:
@@ -38,12 +38,23 @@ def run_op_table(names: list[str], device: str = "cpu") -> int:
     for case in cases:
         report, shapes = case.run(device)
         result = "pass" if report.passed else "FAIL"
-        _print_row((case.name, shapes, f"{report.max_abs_error:.2e}", f"{report.max_rel_error:.2e}", result), widths)
+        _print_row(
+            (
+                case.name,
+                shapes,
+                f"{report.max_abs_error:.2e}",
+                f"{report.max_rel_error:.2e}",
+                result,
+            ),
+            widths,
+        )
         if not report.passed:
             failed.append((case.name, report))
     for name, report in failed:
         print(f"\n{name} failed:\n{report}")
-    print(f"\n{len(cases) - len(failed)} passed, {len(failed)} failed ({device}, float64, central differences)")
+    print(
+        f"\n{len(cases) - len(failed)} passed, {len(failed)} failed ({device}, float64, central differences)"
+    )
     return 1 if failed else 0
 
 
@@ -61,8 +72,17 @@ def run_model_table(device: str = "cpu", fusions: list[str] | None = None) -> in
         report = model_gradcheck(fusion, device=device)
         result = "pass" if report.passed else "FAIL"
         failed += not report.passed
-        _print_row((fusion, len(report.inputs), f"{report.max_abs_error:.2e}", f"{report.max_rel_error:.2e}",
-                    f"{time.perf_counter() - start:.1f}", result), widths)
+        _print_row(
+            (
+                fusion,
+                len(report.inputs),
+                f"{report.max_abs_error:.2e}",
+                f"{report.max_rel_error:.2e}",
+                f"{time.perf_counter() - start:.1f}",
+                result,
+            ),
+            widths,
+        )
         if not report.passed:
             print(report)
     return 1 if failed else 0

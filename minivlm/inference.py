@@ -39,8 +39,12 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Loaded:
             f"--checkpoint {path}: expected a run folder or a checkpoint folder holding {needed}; "
             f"{folder} lacks {missing}"
         )
-    config = TrainConfig.from_dict(json.loads((folder / "trainer.json").read_text())["train_config"])
-    return Loaded(load_model(folder, device), Tokenizer.load(folder / "tokenizer.json"), scene_config(config))
+    config = TrainConfig.from_dict(
+        json.loads((folder / "trainer.json").read_text())["train_config"]
+    )
+    return Loaded(
+        load_model(folder, device), Tokenizer.load(folder / "tokenizer.json"), scene_config(config)
+    )
 
 
 def read_image(path: Path, image_size: int) -> np.ndarray:
@@ -51,31 +55,58 @@ def read_image(path: Path, image_size: int) -> np.ndarray:
         raise ValueError(f"image {path}: cannot read it as an image ({err})") from err
 
 
-def caption_file(checkpoint: Path, image: Path, sampling: SamplingConfig, seed: int = 0,
-                 attention_png: Path | None = None, device: str = "cpu") -> str:
+def caption_file(
+    checkpoint: Path,
+    image: Path,
+    sampling: SamplingConfig,
+    seed: int = 0,
+    attention_png: Path | None = None,
+    device: str = "cpu",
+) -> str:
     loaded = load_checkpoint(checkpoint, device)
     pixels = read_image(image, loaded.model.config.image_size)[None]
-    (result,) = caption_images(loaded.model, loaded.tokenizer, pixels, sampling=sampling, seed=seed,
-                               return_attention=attention_png is not None)
+    (result,) = caption_images(
+        loaded.model,
+        loaded.tokenizer,
+        pixels,
+        sampling=sampling,
+        seed=seed,
+        return_attention=attention_png is not None,
+    )
     if attention_png is not None:
         tokens = [loaded.tokenizer.tokens[t] for t in result.ids]
         with Image.open(image) as original:
-            attention_grid(original.convert("RGB"), tokens, result.attention.mean(axis=(1, 2)), attention_png)
+            attention_grid(
+                original.convert("RGB"), tokens, result.attention.mean(axis=(1, 2)), attention_png
+            )
     return result.text
 
 
-def answer_file(checkpoint: Path, image: Path, question: str, sampling: SamplingConfig,
-                seed: int = 0, device: str = "cpu") -> str:
+def answer_file(
+    checkpoint: Path,
+    image: Path,
+    question: str,
+    sampling: SamplingConfig,
+    seed: int = 0,
+    device: str = "cpu",
+) -> str:
     loaded = load_checkpoint(checkpoint, device)
     pixels = read_image(image, loaded.model.config.image_size)[None]
-    return answer_questions(loaded.model, loaded.tokenizer, pixels, [question], sampling=sampling, seed=seed)[0]
+    return answer_questions(
+        loaded.model, loaded.tokenizer, pixels, [question], sampling=sampling, seed=seed
+    )[0]
 
 
-def evaluate_checkpoint(checkpoint: Path, captions: int, questions: int, json_path: Path | None,
-                        device: str = "cpu") -> dict:
+def evaluate_checkpoint(
+    checkpoint: Path, captions: int, questions: int, json_path: Path | None, device: str = "cpu"
+) -> dict:
     loaded = load_checkpoint(checkpoint, device)
-    results = evaluate(loaded.model, loaded.tokenizer, loaded.scenes,
-                       EvalConfig(captions=captions, questions=questions, device=device))
+    results = evaluate(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.scenes,
+        EvalConfig(captions=captions, questions=questions, device=device),
+    )
     print(format_table(results))
     if json_path is not None:
         atomic_write_bytes(Path(json_path), json.dumps(results, indent=1).encode())

@@ -40,7 +40,9 @@ class CaptionScores:
                 self.correct[name] += ok
             if is_held_out(obj, config):
                 self.held_out_objects += 1
-                self.held_out_named += guess is not None and guess.colour == obj.colour and guess.shape == obj.shape
+                self.held_out_named += (
+                    guess is not None and guess.colour == obj.colour and guess.shape == obj.shape
+                )
 
     @property
     def exact_match(self) -> float:
@@ -85,7 +87,9 @@ class QAScores:
             return sum(self.correct.values()) / max(sum(self.total.values()), 1)
         return self.correct[qa_type] / max(self.total[qa_type], 1)
 
-    def majority_baseline(self, training_answers: dict[str, Sequence[str]], qa_type: str | None = None) -> float:
+    def majority_baseline(
+        self, training_answers: dict[str, Sequence[str]], qa_type: str | None = None
+    ) -> float:
         """Accuracy of always giving the most common training answer of each type."""
         types = [qa_type] if qa_type else list(self.total)
         hits = total = 0
@@ -108,7 +112,9 @@ def patch_masks(object_masks: np.ndarray, patch_size: int) -> np.ndarray:
     return blocks.any(axis=(2, 4)).reshape(n, rows * cols)
 
 
-def pointing_score(attention: np.ndarray, token_objects: Sequence[int | None], patches: np.ndarray) -> tuple[float, float, int]:
+def pointing_score(
+    attention: np.ndarray, token_objects: Sequence[int | None], patches: np.ndarray
+) -> tuple[float, float, int]:
     """Share of cross-attention mass on the named object's patches, and the chance level.
 
     attention (T, n_patches): each generated token's attention over patches (rows sum to 1);
@@ -128,7 +134,9 @@ def pointing_score(attention: np.ndarray, token_objects: Sequence[int | None], p
     return float(np.mean(shares)), float(np.mean(chance)), len(shares)
 
 
-def token_objects_from_spans(token_spans: Sequence[tuple[int, int]], object_spans) -> list[int | None]:
+def token_objects_from_spans(
+    token_spans: Sequence[tuple[int, int]], object_spans
+) -> list[int | None]:
     """For each token's character span, the object whose colour or shape word contains it.
 
     token_spans: [start, end) of each generated token in the caption text; object_spans:

@@ -19,14 +19,16 @@ from .gradcheck import GradcheckReport, gradcheck
 
 @dataclass(frozen=True)
 class OpCase:
-    name: str                      # what `minivlm gradcheck NAME` selects
-    covers: tuple[str, ...]        # the Function classes it exercises
-    build: Callable                # (rng, device) -> (fn, inputs)
+    name: str  # what `minivlm gradcheck NAME` selects
+    covers: tuple[str, ...]  # the Function classes it exercises
+    build: Callable  # (rng, device) -> (fn, inputs)
 
     def run(self, device: str = "cpu", seed: int = 0) -> tuple[GradcheckReport, str]:
         rng = np.random.default_rng(seed)
         fn, inputs = self.build(rng, device)
-        shapes = ", ".join("x".join(map(str, t.shape)) or "()" for t in inputs if isinstance(t, Tensor))
+        shapes = ", ".join(
+            "x".join(map(str, t.shape)) or "()" for t in inputs if isinstance(t, Tensor)
+        )
         return gradcheck(fn, inputs, raise_on_failure=False), shapes
 
 
@@ -57,10 +59,18 @@ def _attention(causal=False, lq=5, lk=5, lengths=None, impl="naive", mask=False,
 
         def fn(q, k, v):
             return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=causal, key_lengths=key_lengths,
-                return_weights=weights, impl=impl,
+                q,
+                k,
+                v,
+                attn_mask=attn_mask,
+                is_causal=causal,
+                key_lengths=key_lengths,
+                return_weights=weights,
+                impl=impl,
             )
+
         return fn, [q, k, v]
+
     return build
 
 
@@ -68,6 +78,7 @@ def _dropout(rng, dev):
     def fn(x):
         random.manual_seed(7)  # the same mask on every evaluation
         return F.dropout(x, p=0.3)
+
     return fn, [_t(rng, dev, 4, 6)]
 
 
@@ -77,6 +88,7 @@ def _layer_norm(affine: bool):
         if not affine:
             return (lambda x: F.layer_norm(x, 6)), [x]
         return (lambda x, w, b: F.layer_norm(x, 6, w, b)), [x, _t(rng, dev, 6), _t(rng, dev, 6)]
+
     return build
 
 
@@ -85,9 +97,10 @@ def _cross_entropy(reduction: str, smoothing: float):
         targets = rng.integers(0, 7, size=6)
         targets[2] = -100
         target = tensor(targets, device=dev)
-        return (lambda z: F.cross_entropy(z, target, reduction=reduction, label_smoothing=smoothing)), [
-            _t(rng, dev, 6, 7)
-        ]
+        return (
+            lambda z: F.cross_entropy(z, target, reduction=reduction, label_smoothing=smoothing)
+        ), [_t(rng, dev, 6, 7)]
+
     return build
 
 
@@ -111,26 +124,56 @@ CASES = [
     OpCase("reshape", ("Reshape",), _unary(lambda x: F.reshape(x, (5, 3)))),
     OpCase("permute", ("Permute",), _unary(lambda x: F.transpose(x, 0, 1))),
     OpCase("getitem", ("GetItem",), _unary(lambda x: x[np.array([0, 2, 0]), 1:4])),
-    OpCase("concat", ("Concat",), lambda rng, dev: (
-        lambda a, b: F.concat([a, b], axis=1), [_t(rng, dev, 2, 3), _t(rng, dev, 2, 4)])),
-    OpCase("stack", ("Stack",), lambda rng, dev: (
-        lambda a, b: F.stack([a, b], axis=1), [_t(rng, dev, 2, 3), _t(rng, dev, 2, 3)])),
-    OpCase("matmul", ("MatMul",), lambda rng, dev: (
-        F.matmul, [_t(rng, dev, 2, 1, 3, 4), _t(rng, dev, 3, 4, 5)])),
-    OpCase("linear", ("Linear",), lambda rng, dev: (
-        F.linear, [_t(rng, dev, 2, 3, 4), _t(rng, dev, 5, 4), _t(rng, dev, 5)])),
-    OpCase("embedding", ("Embedding",), lambda rng, dev: (
-        lambda w, ids=_ids(rng, dev, 6, 2, 5): F.embedding(ids, w), [_t(rng, dev, 6, 3)])),
+    OpCase(
+        "concat",
+        ("Concat",),
+        lambda rng, dev: (
+            lambda a, b: F.concat([a, b], axis=1),
+            [_t(rng, dev, 2, 3), _t(rng, dev, 2, 4)],
+        ),
+    ),
+    OpCase(
+        "stack",
+        ("Stack",),
+        lambda rng, dev: (
+            lambda a, b: F.stack([a, b], axis=1),
+            [_t(rng, dev, 2, 3), _t(rng, dev, 2, 3)],
+        ),
+    ),
+    OpCase(
+        "matmul",
+        ("MatMul",),
+        lambda rng, dev: (F.matmul, [_t(rng, dev, 2, 1, 3, 4), _t(rng, dev, 3, 4, 5)]),
+    ),
+    OpCase(
+        "linear",
+        ("Linear",),
+        lambda rng, dev: (F.linear, [_t(rng, dev, 2, 3, 4), _t(rng, dev, 5, 4), _t(rng, dev, 5)]),
+    ),
+    OpCase(
+        "embedding",
+        ("Embedding",),
+        lambda rng, dev: (
+            lambda w, ids=_ids(rng, dev, 6, 2, 5): F.embedding(ids, w),
+            [_t(rng, dev, 6, 3)],
+        ),
+    ),
     OpCase("dropout", ("Dropout",), _dropout),
     OpCase("layer_norm", ("LayerNorm",), _layer_norm(affine=True)),
     OpCase("layer_norm_no_affine", ("LayerNorm",), _layer_norm(affine=False)),
     OpCase("softmax", ("Softmax",), _unary(lambda x: F.softmax(x, dim=-1))),
     OpCase("log_softmax", ("LogSoftmax",), _unary(lambda x: F.log_softmax(x, dim=0))),
     OpCase("attention", ("Attention",), _attention()),
-    OpCase("attention_causal_cross", ("Attention",), _attention(causal=True, lq=3, lk=6, lengths=[6, 2])),
+    OpCase(
+        "attention_causal_cross",
+        ("Attention",),
+        _attention(causal=True, lq=3, lk=6, lengths=[6, 2]),
+    ),
     OpCase("attention_mask_weights", ("Attention",), _attention(mask=True, weights=True)),
     OpCase("attention_fused", ("FusedAttention",), _attention(impl="fused", lengths=[5, 0])),
-    OpCase("attention_fused_causal_cross", ("FusedAttention",), _attention(True, 7, 4, [4, 3], "fused")),
+    OpCase(
+        "attention_fused_causal_cross", ("FusedAttention",), _attention(True, 7, 4, [4, 3], "fused")
+    ),
     OpCase("cross_entropy", ("CrossEntropy",), _cross_entropy("mean", 0.0)),
     OpCase("cross_entropy_smooth_sum", ("CrossEntropy",), _cross_entropy("sum", 0.1)),
     OpCase("cross_entropy_none", ("CrossEntropy",), _cross_entropy("none", 0.2)),
@@ -142,7 +185,9 @@ def select(names: list[str] | None) -> list[OpCase]:
     if not names:
         return CASES
     chosen = [c for c in CASES if any(c.name == n or c.name.startswith(n + "_") for n in names)]
-    unknown = [n for n in names if not any(c.name == n or c.name.startswith(n + "_") for c in CASES)]
+    unknown = [
+        n for n in names if not any(c.name == n or c.name.startswith(n + "_") for c in CASES)
+    ]
     if unknown:
         raise ValueError(f"unknown op(s) {unknown}; known: {', '.join(c.name for c in CASES)}")
     return chosen

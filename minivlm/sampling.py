@@ -45,7 +45,7 @@ def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
     """Keep the most likely tokens whose mass reaches top_p (at least one); renormalise."""
     order = np.argsort(-probs, axis=-1)
     sorted_probs = np.take_along_axis(probs, order, axis=-1)
-    mass_before = sorted_probs.cumsum(axis=-1) - sorted_probs      # mass of the better tokens
+    mass_before = sorted_probs.cumsum(axis=-1) - sorted_probs  # mass of the better tokens
     keep_sorted = mass_before < top_p
     keep = np.zeros_like(keep_sorted)
     np.put_along_axis(keep, order, keep_sorted, axis=-1)

@@ -24,28 +24,37 @@ from .optim import AdamW, WarmupCosine, clip_grad_norm_
 from .train_checkpoint import load_training_state, save_training_checkpoint
 from .train_config import TrainConfig
 
-STREAM_SIZE = 2**40   # examples in the endless training stream (indexed, never listed)
+STREAM_SIZE = 2**40  # examples in the endless training stream (indexed, never listed)
 
 
 def scene_config(config: TrainConfig) -> SceneConfig:
     return SceneConfig(
-        image_size=config.image_size, max_objects=config.max_objects,
-        language=config.language, attribute_order=config.attribute_order,
+        image_size=config.image_size,
+        max_objects=config.max_objects,
+        language=config.language,
+        attribute_order=config.attribute_order,
     )
 
 
 def model_config(config: TrainConfig, vocab_size: int) -> VLMConfig:
     return VLMConfig(
-        image_size=config.image_size, patch_size=config.patch_size, d_model=config.d_model,
-        n_heads=config.n_heads, n_encoder_layers=config.n_encoder_layers, n_blocks=config.n_blocks,
-        encoder_dropout=config.encoder_dropout, max_len=config.max_len, vocab_size=vocab_size,
-        fusion=config.fusion, norm=config.norm,
+        image_size=config.image_size,
+        patch_size=config.patch_size,
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        n_encoder_layers=config.n_encoder_layers,
+        n_blocks=config.n_blocks,
+        encoder_dropout=config.encoder_dropout,
+        max_len=config.max_len,
+        vocab_size=vocab_size,
+        fusion=config.fusion,
+        norm=config.norm,
     )
 
 
 def sequence_loss(model: VLM, images, inputs, targets, device: str = "cpu") -> Tensor:
     """Mean cross-entropy over the target positions that are not IGNORE_INDEX."""
-    logits = model(Tensor(images).to(device), inputs)                  # (B, T, V)
+    logits = model(Tensor(images).to(device), inputs)  # (B, T, V)
     vocab = logits.shape[-1]
     flat_targets = targets.reshape(-1)
     if device == "cuda":
@@ -60,7 +69,9 @@ class AttributeCorruption:
     on "red is usually a square": the shape must come from the image.
     """
 
-    def __init__(self, tokenizer: Tokenizer, words_by_kind: dict[str, list[str]], rate: float, seed: int):
+    def __init__(
+        self, tokenizer: Tokenizer, words_by_kind: dict[str, list[str]], rate: float, seed: int
+    ):
         self.rate = rate
         self.rng = np.random.default_rng([seed, 7])
         self.groups = [
@@ -98,11 +109,18 @@ class Trainer:
         schedule = WarmupCosine(optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
         return cls(config, tokenizer, model, optimizer, schedule)
 
-    def dataset(self, split: str, size: int = STREAM_SIZE, seed: int | None = None, task=None) -> SceneDataset:
+    def dataset(
+        self, split: str, size: int = STREAM_SIZE, seed: int | None = None, task=None
+    ) -> SceneDataset:
         c = self.config
         return SceneDataset(
-            scene_config(c), split, size, c.seed if seed is None else seed,
-            task=task or c.task, qa_fraction=c.qa_fraction, tokenizer=self.tokenizer,
+            scene_config(c),
+            split,
+            size,
+            c.seed if seed is None else seed,
+            task=task or c.task,
+            qa_fraction=c.qa_fraction,
+            tokenizer=self.tokenizer,
         )
 
     def batch(self, step: int):
@@ -113,7 +131,9 @@ class Trainer:
             task = "caption"
         stream = self.dataset("train", task=task)
         first = step * c.batch_size
-        return collate([stream[i] for i in range(first, first + c.batch_size)], max_len=c.max_len + 1)
+        return collate(
+            [stream[i] for i in range(first, first + c.batch_size)], max_len=c.max_len + 1
+        )
 
     def train_step(self, batch, corruption: AttributeCorruption) -> float:
         self.model.train()
@@ -134,11 +154,19 @@ class Trainer:
         losses = {}
         with no_grad():
             for split in ("iid", "heldout"):
-                data = self.dataset(split, size=c.eval_batches * c.batch_size, seed=c.seed + 1, task="caption")
+                data = self.dataset(
+                    split, size=c.eval_batches * c.batch_size, seed=c.seed + 1, task="caption"
+                )
                 values = []
                 for b in range(c.eval_batches):
-                    batch = collate([data[i] for i in range(b * c.batch_size, (b + 1) * c.batch_size)])
-                    values.append(sequence_loss(self.model, batch.images, batch.inputs, batch.targets, c.device).item())
+                    batch = collate(
+                        [data[i] for i in range(b * c.batch_size, (b + 1) * c.batch_size)]
+                    )
+                    values.append(
+                        sequence_loss(
+                            self.model, batch.images, batch.inputs, batch.targets, c.device
+                        ).item()
+                    )
                 losses[f"{split}_loss"] = float(np.mean(values))
         return losses
 
@@ -149,7 +177,10 @@ def parameter_groups(model: VLM, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         is_matrix = param.ndim == 2 and "embedding" not in name
         (decayed if is_matrix else plain).append(param)
-    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+    return [
+        {"params": decayed, "weight_decay": weight_decay},
+        {"params": plain, "weight_decay": 0.0},
+    ]
 
 
 def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None) -> Trainer:
@@ -159,7 +190,9 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     trainer = Trainer.create(config)
     if resume:
         load_training_state(out, trainer)
-    corruption = AttributeCorruption(trainer.tokenizer, _attribute_words(trainer), config.corrupt_attributes, config.seed)
+    corruption = AttributeCorruption(
+        trainer.tokenizer, _attribute_words(trainer), config.corrupt_attributes, config.seed
+    )
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     log = open(out / "log.jsonl", "a" if resume else "w")
     bar = _progress(config, trainer.step, end)
@@ -169,7 +202,12 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
             loss = trainer.train_step(trainer.batch(trainer.step), corruption)
             samples += config.batch_size
             rate = samples / (time.perf_counter() - started)
-            record = {"step": trainer.step, "loss": loss, "lr": trainer.schedule.get_lr()[0], "samples_per_s": rate}
+            record = {
+                "step": trainer.step,
+                "loss": loss,
+                "lr": trainer.schedule.get_lr()[0],
+                "samples_per_s": rate,
+            }
             if trainer.step % config.eval_every == 0 or trainer.step == config.steps:
                 record.update(trainer.validation_losses())
             if trainer.step % config.log_every == 0 or "iid_loss" in record:

@@ -88,7 +88,15 @@ def load_training_state(out_dir: Path, trainer) -> None:
 
 
 # Settings that may change between a run and its resumption.
-_RUN_ONLY_FIELDS = {"progress", "device", "out_dir", "log_every", "eval_every", "checkpoint_every", "eval_batches"}
+_RUN_ONLY_FIELDS = {
+    "progress",
+    "device",
+    "out_dir",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "eval_batches",
+}
 
 
 def _split_optimizer_state(state_dict: dict) -> tuple[dict, dict]:
@@ -111,4 +119,3 @@ def _join_optimizer_state(buffers: dict, meta: dict) -> dict:
     for index, step in meta["steps"].items():
         state.setdefault(int(index), {})["step"] = np.int64(step)
     return {"state": state, "param_groups": meta["param_groups"]}
-

@@ -20,10 +20,12 @@ class TrainConfig:
     max_objects: int = 3
     language: str = "en"
     attribute_order: tuple[str, ...] = ("size", "colour", "shape")
-    task: str = "caption"             # "caption", "qa" or "mix"
-    qa_fraction: float = 0.3          # with task "mix": the share of question-answer examples
-    qa_start: float = 0.0             # with task "mix": QA joins after this fraction of the steps
-    corrupt_attributes: float = 0.0   # chance that a colour/shape word in the decoder's input is replaced
+    task: str = "caption"  # "caption", "qa" or "mix"
+    qa_fraction: float = 0.3  # with task "mix": the share of question-answer examples
+    qa_start: float = 0.0  # with task "mix": QA joins after this fraction of the steps
+    corrupt_attributes: float = (
+        0.0  # chance that a colour/shape word in the decoder's input is replaced
+    )
     # model (see minivlm.models.VLMConfig)
     patch_size: int = 8
     d_model: int = 128
@@ -51,7 +53,7 @@ class TrainConfig:
     eval_batches: int = 2
     checkpoint_every: int = 500
     progress: bool = True
-    extra: dict = field(default_factory=dict)   # free-form notes kept with the run
+    extra: dict = field(default_factory=dict)  # free-form notes kept with the run
 
     def __post_init__(self) -> None:
         self.attribute_order = tuple(self.attribute_order)
@@ -71,7 +73,9 @@ class TrainConfig:
         ]
         for name, ok, expected in checks:
             if not ok:
-                raise ValueError(f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"TrainConfig.{name}: expected {expected}, got {getattr(self, name)!r}"
+                )
 
     def to_dict(self) -> dict:
         data = dataclasses.asdict(self)
@@ -93,21 +97,54 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # The README's `minivlm demo`: about 10 minutes on 2 CPU cores.
     "demo": dict(
-        image_size=64, patch_size=8, d_model=128, n_heads=4, n_encoder_layers=2, n_blocks=2,
-        task="mix", qa_fraction=0.35, qa_start=0.6, corrupt_attributes=0.5,
-        steps=1400, batch_size=64, lr=2e-3, warmup_steps=80, out_dir="demo_out",
-        eval_every=350, checkpoint_every=350,
+        image_size=64,
+        patch_size=8,
+        d_model=128,
+        n_heads=4,
+        n_encoder_layers=2,
+        n_blocks=2,
+        task="mix",
+        qa_fraction=0.35,
+        qa_start=0.6,
+        corrupt_attributes=0.5,
+        steps=1400,
+        batch_size=64,
+        lr=2e-3,
+        warmup_steps=80,
+        out_dir="demo_out",
+        eval_every=350,
+        checkpoint_every=350,
     ),
     # The reference tutorial's model: 224 px images, 16 px patches, 4 heads, 2 + 2 layers.
     "reference": dict(
-        image_size=224, patch_size=16, d_model=128, n_heads=4, n_encoder_layers=2, n_blocks=2,
-        encoder_dropout=0.1, max_len=64, batch_size=16, max_objects=1,
+        image_size=224,
+        patch_size=16,
+        d_model=128,
+        n_heads=4,
+        n_encoder_layers=2,
+        n_blocks=2,
+        encoder_dropout=0.1,
+        max_len=64,
+        batch_size=16,
+        max_objects=1,
     ),
     # A few seconds: for tests and smoke runs.
     "tiny": dict(
-        image_size=32, patch_size=8, d_model=32, n_heads=2, n_encoder_layers=1, n_blocks=1,
-        steps=20, batch_size=8, warmup_steps=2, log_every=1, eval_every=10, eval_batches=1,
-        checkpoint_every=10, max_objects=2, progress=False,
+        image_size=32,
+        patch_size=8,
+        d_model=32,
+        n_heads=2,
+        n_encoder_layers=1,
+        n_blocks=1,
+        steps=20,
+        batch_size=8,
+        warmup_steps=2,
+        log_every=1,
+        eval_every=10,
+        eval_batches=1,
+        checkpoint_every=10,
+        max_objects=2,
+        progress=False,
     ),
 }
 
@@ -127,7 +164,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None
+            )
         elif f.name == "attribute_order":
             parser.add_argument(flag, dest=f.name, nargs=3, default=None)
         else:

@@ -44,15 +44,19 @@ def array_to_image(image: np.ndarray) -> Image.Image:
 
 def attention_overlay(image: Image.Image, weights: np.ndarray, size: int = 128) -> Image.Image:
     """The image with one token's attention over its patches (grid (r, c)) laid over it in red."""
-    heat = weights / max(float(weights.max()), 1e-12)                   # (r, c) in [0, 1]
-    heat_image = Image.fromarray((heat * 255).astype(np.uint8), "L").resize((size, size), Image.Resampling.NEAREST)
+    heat = weights / max(float(weights.max()), 1e-12)  # (r, c) in [0, 1]
+    heat_image = Image.fromarray((heat * 255).astype(np.uint8), "L").resize(
+        (size, size), Image.Resampling.NEAREST
+    )
     base = image.convert("RGB").resize((size, size), Image.Resampling.NEAREST)
     red = Image.new("RGB", (size, size), (255, 0, 0))
     mask = heat_image.point(lambda v: int(v * 0.65))
     return Image.composite(red, base, mask)
 
 
-def attention_grid(image: Image.Image, tokens: Sequence[str], maps: np.ndarray, path, cell: int = 128) -> Path:
+def attention_grid(
+    image: Image.Image, tokens: Sequence[str], maps: np.ndarray, path, cell: int = 128
+) -> Path:
     """One panel per generated token: its cross-attention over the image, captioned.
 
     maps (T, n_patches): attention per token, averaged over heads and blocks.
@@ -64,7 +68,10 @@ def attention_grid(image: Image.Image, tokens: Sequence[str], maps: np.ndarray, 
     sheet = Image.new("RGB", (columns * cell, rows * (cell + label)), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     panels = [("image", image.convert("RGB").resize((cell, cell), Image.Resampling.NEAREST))]
-    panels += [(tok, attention_overlay(image, maps[t].reshape(side, side), cell)) for t, tok in enumerate(tokens)]
+    panels += [
+        (tok, attention_overlay(image, maps[t].reshape(side, side), cell))
+        for t, tok in enumerate(tokens)
+    ]
     for i, (text, panel) in enumerate(panels):
         x, y = (i % columns) * cell, (i // columns) * (cell + label)
         sheet.paste(panel, (x, y + label))
@@ -72,8 +79,15 @@ def attention_grid(image: Image.Image, tokens: Sequence[str], maps: np.ndarray, 
     return save_png(sheet, path)
 
 
-def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], path, title: str,
-               x_label: str = "step", y_label: str = "loss", size=(720, 420), log_y: bool = False) -> Path:
+def line_chart(
+    series: dict[str, tuple[Sequence[float], Sequence[float]]],
+    path,
+    title: str,
+    x_label: str = "step",
+    y_label: str = "loss",
+    size=(720, 420),
+    log_y: bool = False,
+) -> Path:
     """Curves {name: (xs, ys)} on shared axes, with ticks, a legend and a title."""
     width, height = size
     left, right, top, bottom = 64, 20, 36, 48
@@ -100,10 +114,10 @@ def line_chart(series: dict[str, tuple[Sequence[float], Sequence[float]]], path,
         draw.line([px, height - bottom, px, height - bottom + 4], fill=INK)
         draw.text((px - 12, height - bottom + 6), f"{fx:g}", fill=INK, font=font)
         draw.line([left - 4, py, left, py], fill=INK)
-        draw.text((4, py - 7), f"{(10 ** fy if log_y else fy):.3g}", fill=INK, font=font)
+        draw.text((4, py - 7), f"{(10**fy if log_y else fy):.3g}", fill=INK, font=font)
     for i, (name, (xs, ys)) in enumerate(series.items()):
         colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
-        points = [to_pixel(x, y) for x, y in zip(xs, ys)]
+        points = [to_pixel(x, y) for x, y in zip(xs, ys, strict=False)]
         if len(points) > 1:
             draw.line(points, fill=colour, width=2)
         for px, py in points if len(points) < 40 else []:
@@ -119,8 +133,13 @@ def _y(value: float, log_y: bool) -> float:
     return math.log10(max(value, 1e-12)) if log_y else value
 
 
-def sample_sheet(images: Sequence[Image.Image], captions: Sequence[str], path, cell: int = 160,
-                 references: Sequence[str] | None = None) -> Path:
+def sample_sheet(
+    images: Sequence[Image.Image],
+    captions: Sequence[str],
+    path,
+    cell: int = 160,
+    references: Sequence[str] | None = None,
+) -> Path:
     """A grid of images, each with its generated caption (and the reference, if given)."""
     columns = min(4, len(images))
     rows = math.ceil(len(images) / columns)
@@ -141,7 +160,11 @@ def sample_sheet(images: Sequence[Image.Image], captions: Sequence[str], path, c
 
 def _wrap(text: str, width: int) -> list[str]:
     lines, line = [], ""
-    for word in text.split(" ") if " " in text else [text[i:i + width] for i in range(0, len(text), width)]:
+    for word in (
+        text.split(" ")
+        if " " in text
+        else [text[i : i + width] for i in range(0, len(text), width)]
+    ):
         if line and len(line) + 1 + len(word) > width:
             lines.append(line)
             line = word

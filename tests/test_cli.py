@@ -18,7 +18,9 @@ from minivlm.op_checks import CASES
 def _function_classes() -> set[str]:
     modules = [m for _, m in inspect.getmembers(functional, inspect.ismodule)]
     return {
-        name for module in modules for name, cls in inspect.getmembers(module, inspect.isclass)
+        name
+        for module in modules
+        for name, cls in inspect.getmembers(module, inspect.isclass)
         if issubclass(cls, Function) and cls is not Function and cls.__module__ == module.__name__
     }
 
@@ -40,14 +42,18 @@ def test_gradcheck_table_passes_every_op(capsys):
 
 def test_gradcheck_selects_by_prefix(capsys):
     assert main(["gradcheck", "cross_entropy"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("cross_entropy")]
+    rows = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("cross_entropy")
+    ]
     assert len(rows) == 3
 
 
 def test_gradcheck_table_fails_on_a_broken_backward(capsys, monkeypatch):
     from minivlm.functional.softmax import Softmax
 
-    monkeypatch.setattr(Softmax, "backward", lambda self, dy: self.saved[0] * dy)   # ignores the coupling
+    monkeypatch.setattr(
+        Softmax, "backward", lambda self, dy: self.saved[0] * dy
+    )  # ignores the coupling
     assert main(["gradcheck", "softmax"]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "0 passed, 1 failed" in out and "worst at" in out
@@ -70,31 +76,105 @@ def test_gradcheck_on_cuda_without_a_gpu_says_why(capsys):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--preset", "tiny", "--out-dir", str(out), "--steps", "4", "--checkpoint-every", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "tiny",
+                "--out-dir",
+                str(out),
+                "--steps",
+                "4",
+                "--checkpoint-every",
+                "2",
+            ]
+        )
+        == 0
+    )
     image = tmp_path_factory.mktemp("img") / "scene.png"
     scene = SceneDataset(SceneConfig(image_size=32), "iid", 1, 0).record(0).scene
-    render_scene(scene, 48).convert("RGBA").save(image)        # other size and mode than training
+    render_scene(scene, 48).convert("RGBA").save(image)  # other size and mode than training
     return out, image
 
 
 def test_train_then_caption_ask_and_eval_from_the_command_line(tiny_run, tmp_path, capsys):
     out, image = tiny_run
-    assert main(["caption", str(image), "--checkpoint", str(out), "--attention", str(tmp_path / "att.png")]) == 0
+    assert (
+        main(
+            [
+                "caption",
+                str(image),
+                "--checkpoint",
+                str(out),
+                "--attention",
+                str(tmp_path / "att.png"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "att.png").stat().st_size > 0
-    assert main(["ask", str(image), "how many objects are there?", "--checkpoint", str(out),
-                 "--temperature", "0.8", "--top-k", "3"]) == 0
-    assert main(["eval", "--checkpoint", str(out / "checkpoints" / "step_000004"), "--captions", "4",
-                 "--questions", "4", "--json", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                str(image),
+                "how many objects are there?",
+                "--checkpoint",
+                str(out),
+                "--temperature",
+                "0.8",
+                "--top-k",
+                "3",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "--checkpoint",
+                str(out / "checkpoints" / "step_000004"),
+                "--captions",
+                "4",
+                "--questions",
+                "4",
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert {"iid/exact_match", "heldout/held_out_pair_accuracy", "iid/image_information_gain"} <= set(metrics)
+    assert {
+        "iid/exact_match",
+        "heldout/held_out_pair_accuracy",
+        "iid/image_information_gain",
+    } <= set(metrics)
     assert np.isfinite(metrics["heldout/loss"])
     capsys.readouterr()
 
 
 def test_train_resume_continues_from_the_latest_checkpoint(tiny_run, capsys):
     out, _ = tiny_run
-    assert main(["train", "--preset", "tiny", "--out-dir", str(out), "--steps", "4", "--checkpoint-every", "2",
-                 "--resume"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "tiny",
+                "--out-dir",
+                str(out),
+                "--steps",
+                "4",
+                "--checkpoint-every",
+                "2",
+                "--resume",
+            ]
+        )
+        == 0
+    )
     assert "trained to step 4" in capsys.readouterr().out
 
 

@@ -14,12 +14,25 @@ from minivlm.viz import attention_grid, line_chart, sample_sheet
 
 def test_evaluate_reports_every_metric_for_both_splits_and_draws(tmp_path):
     trainer = train(preset("tiny", out_dir=str(tmp_path), steps=4, eval_every=2))
-    results = evaluate(trainer.model, trainer.tokenizer, scene_config(trainer.config),
-                       EvalConfig(captions=8, questions=16, batch_size=8))
+    results = evaluate(
+        trainer.model,
+        trainer.tokenizer,
+        scene_config(trainer.config),
+        EvalConfig(captions=8, questions=16, batch_size=8),
+    )
     for split in ("iid", "heldout"):
-        for name in ("loss", "perplexity", "image_information_gain", "exact_match", "colour_accuracy",
-                     "held_out_pair_accuracy", "pointing_score", "pointing_chance", "vqa_accuracy",
-                     "vqa_majority_baseline"):
+        for name in (
+            "loss",
+            "perplexity",
+            "image_information_gain",
+            "exact_match",
+            "colour_accuracy",
+            "held_out_pair_accuracy",
+            "pointing_score",
+            "pointing_chance",
+            "vqa_accuracy",
+            "vqa_majority_baseline",
+        ):
             assert f"{split}/{name}" in results
         assert 0.0 <= results[f"{split}/pointing_chance"] <= 1.0
     assert results["heldout/held_out_objects"] > 0 and results["iid/held_out_objects"] == 0
@@ -35,8 +48,13 @@ def test_evaluate_reports_every_metric_for_both_splits_and_draws(tmp_path):
 def test_attention_grid_has_a_panel_per_token(tmp_path):
     maps = np.full((5, 16), 1 / 16)
     maps[2] = np.eye(16)[3]
-    path = attention_grid(Image.new("RGB", (32, 32), "white"), ["a", "red", "square", "at", "top"], maps,
-                          tmp_path / "grid.png", cell=64)
+    path = attention_grid(
+        Image.new("RGB", (32, 32), "white"),
+        ["a", "red", "square", "at", "top"],
+        maps,
+        tmp_path / "grid.png",
+        cell=64,
+    )
     with Image.open(path) as image:
         assert image.size == (6 * 64, 64 + 18)
         # the "square" panel (index 3) is red where the attention is

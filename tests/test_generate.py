@@ -29,19 +29,25 @@ def test_cached_decoding_gives_the_same_tokens_and_logits_as_uncached(trained):
     args = (trainer.model, trainer.tokenizer, images, [caption_prompt(trainer.tokenizer)] * 3)
     cached = generate(*args, max_new_tokens=8, keep_logits=True)
     full = generate(*args, max_new_tokens=8, keep_logits=True, use_cache=False)
-    for a, b in zip(cached, full):
+    for a, b in zip(cached, full, strict=False):
         assert a.ids == b.ids
         np.testing.assert_allclose(np.stack(a.logits), np.stack(b.logits), rtol=1e-4, atol=1e-5)
 
 
 def test_greedy_decoding_agrees_with_teacher_forcing_on_its_own_output(trained):
     trainer, images = trained
-    results = generate(trainer.model, trainer.tokenizer, images, [caption_prompt(trainer.tokenizer)] * 3,
-                       max_new_tokens=8, keep_logits=True)
+    results = generate(
+        trainer.model,
+        trainer.tokenizer,
+        images,
+        [caption_prompt(trainer.tokenizer)] * 3,
+        max_new_tokens=8,
+        keep_logits=True,
+    )
     for b, result in enumerate(results):
         sequence = np.array([caption_prompt(trainer.tokenizer) + result.ids[:-1]])
         with no_grad():
-            logits = trainer.model(Tensor(images[b : b + 1]), sequence).numpy()[0]   # (T, V)
+            logits = trainer.model(Tensor(images[b : b + 1]), sequence).numpy()[0]  # (T, V)
         forced = logits[len(caption_prompt(trainer.tokenizer)) - 1 :]
         assert forced.argmax(axis=-1).tolist() == result.ids
         np.testing.assert_allclose(forced, np.stack(result.logits), rtol=1e-4, atol=1e-5)
@@ -49,18 +55,29 @@ def test_greedy_decoding_agrees_with_teacher_forcing_on_its_own_output(trained):
 
 def test_generation_stops_at_eos_and_records_attention_per_step(trained):
     trainer, images = trained
-    (result,) = caption_images(trainer.model, trainer.tokenizer, images[:1], return_attention=True, max_new_tokens=5)
+    (result,) = caption_images(
+        trainer.model, trainer.tokenizer, images[:1], return_attention=True, max_new_tokens=5
+    )
     assert len(result.ids) <= 5
     assert trainer.tokenizer.eos_id not in result.ids[:-1]
     steps, blocks, heads, patches = result.attention.shape
-    assert (steps, blocks, heads) == (len(result.ids), trainer.config.n_blocks, trainer.config.n_heads)
+    assert (steps, blocks, heads) == (
+        len(result.ids),
+        trainer.config.n_blocks,
+        trainer.config.n_heads,
+    )
     assert patches == (trainer.config.image_size // trainer.config.patch_size) ** 2
 
 
 def test_prompts_of_different_lengths_are_refused():
     trainer = Trainer.create(preset("tiny"))
     with pytest.raises(ValueError, match="one prompt per image"):
-        generate(trainer.model, trainer.tokenizer, np.zeros((2, 3, 32, 32), np.float32), [[2, 4], [2, 5, 6]])
+        generate(
+            trainer.model,
+            trainer.tokenizer,
+            np.zeros((2, 3, 32, 32), np.float32),
+            [[2, 4], [2, 5, 6]],
+        )
 
 
 def test_greedy_takes_the_argmax():
@@ -76,8 +93,10 @@ def test_top_k_one_is_greedy_at_any_temperature():
 
 def test_top_p_keeps_only_the_nucleus():
     logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]] * 2000))
-    picked = next_tokens(logits, SamplingConfig(temperature=1.0, top_p=0.7), np.random.default_rng(0))
-    assert set(picked.tolist()) == {0, 1}           # 0.5 + 0.3 reaches 0.7; 2 and 3 never drawn
+    picked = next_tokens(
+        logits, SamplingConfig(temperature=1.0, top_p=0.7), np.random.default_rng(0)
+    )
+    assert set(picked.tolist()) == {0, 1}  # 0.5 + 0.3 reaches 0.7; 2 and 3 never drawn
     assert abs((picked == 0).mean() - 0.5 / 0.8) < 0.04
 
 
@@ -87,8 +106,10 @@ def test_temperature_sampling_follows_the_softmax():
     assert abs(picked.mean() - 0.8) < 0.03
 
 
-@pytest.mark.parametrize("bad, message", [(dict(temperature=-1), "temperature"), (dict(top_k=-2), "top_k"),
-                                          (dict(top_p=0.0), "top_p")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [(dict(temperature=-1), "temperature"), (dict(top_k=-2), "top_k"), (dict(top_p=0.0), "top_p")],
+)
 def test_bad_sampling_settings_are_named(bad, message):
     with pytest.raises(ValueError, match=message):
         SamplingConfig(**bad)

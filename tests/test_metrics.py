@@ -7,7 +7,13 @@ import pytest
 
 from minivlm.data import SceneConfig, SceneObject, caption, caption_with_spans
 from minivlm.data.scenes import Scene
-from minivlm.metrics import CaptionScores, QAScores, patch_masks, pointing_score, token_objects_from_spans
+from minivlm.metrics import (
+    CaptionScores,
+    QAScores,
+    patch_masks,
+    pointing_score,
+    token_objects_from_spans,
+)
 
 
 def _scene(*objects) -> Scene:
@@ -19,8 +25,16 @@ BLUE_CIRCLE = SceneObject("blue", "circle", "small", 1, 1, 0.0, 0.0)
 
 
 def test_caption_scores_count_exact_matches_and_attributes_by_cell():
-    config = SceneConfig(held_out_pairs=(("red", "square"), ("green", "circle"), ("blue", "triangle"),
-                                         ("yellow", "diamond"), ("purple", "star"), ("orange", "cross")))
+    config = SceneConfig(
+        held_out_pairs=(
+            ("red", "square"),
+            ("green", "circle"),
+            ("blue", "triangle"),
+            ("yellow", "diamond"),
+            ("purple", "star"),
+            ("orange", "cross"),
+        )
+    )
     scene = _scene(RED_SQUARE, BLUE_CIRCLE)
     truth = caption(scene)
     scores = CaptionScores()
@@ -49,13 +63,13 @@ def test_qa_scores_per_type_and_majority_baseline():
     assert scores.accuracy("exists") == 0.75
     assert scores.accuracy() == 3 / 5
     training = {"exists": ["yes", "yes", "no"], "count": ["three"]}
-    assert scores.majority_baseline(training, "exists") == 0.75   # always "yes"
+    assert scores.majority_baseline(training, "exists") == 0.75  # always "yes"
     assert scores.majority_baseline(training) == 4 / 5
 
 
 def test_patch_masks_mark_the_patches_an_object_touches():
     masks = np.zeros((1, 8, 8), dtype=bool)
-    masks[0, 1:3, 5:7] = True                     # rows 1-2, columns 5-6
+    masks[0, 1:3, 5:7] = True  # rows 1-2, columns 5-6
     np.testing.assert_array_equal(patch_masks(masks, 4)[0], [False, True, False, False])
 
 

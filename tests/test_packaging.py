@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -11,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_pyproject_lists_every_package_and_the_kernel_sources():
     settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     on_disk = {
-        ".".join(init.parent.relative_to(ROOT).parts) for init in (ROOT / "minivlm").rglob("__init__.py")
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "minivlm").rglob("__init__.py")
     }
     listed = set(settings["packages"])
     assert on_disk | {"minivlm.cuda_sources"} == listed

@@ -18,8 +18,15 @@ def _losses(out_dir) -> list[float]:
 
 
 def test_resumed_run_repeats_the_uninterrupted_loss_sequence_exactly(tmp_path):
-    settings = dict(steps=8, checkpoint_every=4, eval_every=4, task="mix", qa_start=0.25,
-                    corrupt_attributes=0.3, encoder_dropout=0.1)
+    settings = dict(
+        steps=8,
+        checkpoint_every=4,
+        eval_every=4,
+        task="mix",
+        qa_start=0.25,
+        corrupt_attributes=0.3,
+        encoder_dropout=0.1,
+    )
     train(preset("tiny", out_dir=str(tmp_path / "whole"), **settings))
     train(preset("tiny", out_dir=str(tmp_path / "split"), **settings), stop_at=4)
     resumed = train(preset("tiny", out_dir=str(tmp_path / "split"), **settings), resume=True)
@@ -32,7 +39,13 @@ def test_checkpoint_holds_weights_tokenizer_optimizer_and_state(tmp_path):
     folder = latest_checkpoint(tmp_path)
     assert folder.name == "step_000004"
     names = {p.name for p in folder.iterdir()}
-    assert {"model.safetensors", "config.json", "tokenizer.json", "optimizer.safetensors", "trainer.json"} <= names
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "optimizer.safetensors",
+        "trainer.json",
+    } <= names
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")]
 
 
@@ -55,11 +68,18 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
 
 @pytest.mark.parametrize(
     "field, value, expected",
-    [("task", "poems", "one of 'caption'"), ("steps", 0, "at least 1"), ("lr", -1.0, "positive"),
-     ("device", "tpu", "'cpu' or 'cuda'"), ("corrupt_attributes", 1.5, "[0, 1)")],
+    [
+        ("task", "poems", "one of 'caption'"),
+        ("steps", 0, "at least 1"),
+        ("lr", -1.0, "positive"),
+        ("device", "tpu", "'cpu' or 'cuda'"),
+        ("corrupt_attributes", 1.5, "[0, 1)"),
+    ],
 )
 def test_bad_train_config_names_the_field(field, value, expected):
-    with pytest.raises(ValueError, match=rf"TrainConfig\.{field}: expected .*{re.escape(expected)}"):
+    with pytest.raises(
+        ValueError, match=rf"TrainConfig\.{field}: expected .*{re.escape(expected)}"
+    ):
         TrainConfig(**{field: value})
 
 
@@ -78,7 +98,9 @@ def test_attribute_corruption_changes_only_attribute_words_and_is_a_function_of_
     tok = trainer.tokenizer
     words = {"colour": ["red", "blue", "green"], "shape": ["circle", "square"]}
     corrupt = AttributeCorruption(tok, words, rate=0.9, seed=0)
-    inputs = np.array([tok.encode("a small red circle at the top left and a large blue square in the centre")] * 4)
+    inputs = np.array(
+        [tok.encode("a small red circle at the top left and a large blue square in the centre")] * 4
+    )
     out = corrupt(inputs, step=3)
     attribute_ids = {tok.ids[w] for ws in words.values() for w in ws}
     changed = out != inputs
