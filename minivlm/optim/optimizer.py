@@ -10,6 +10,8 @@ one parameter at a time.
 
 from __future__ import annotations
 
+import abc
+
 import math
 import numbers
 from collections.abc import Iterable
@@ -44,7 +46,7 @@ def check_betas(where: str, betas) -> tuple[float, float]:
     return beta1, beta2
 
 
-class Optimizer:
+class Optimizer(abc.ABC):
     """Param groups and state; `step()` calls the subclass's `_update` per parameter."""
 
     state_names: tuple[str, ...] = ()  # what `_update` keeps in a parameter's state
@@ -59,13 +61,13 @@ class Optimizer:
         _check_no_duplicates(name, self.param_groups)
         self.state: dict[int, dict] = {}  # flat param index -> {"step": int, "exp_avg": array, ...}
 
+    @abc.abstractmethod
     def _check_hyperparameters(self, hyper: dict, where: str) -> dict:
         """The group's hyperparameters, normalised (Python floats); raises on bad values."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _update(self, param, grad, state: dict, hyper: dict) -> None:
         """Update the array `param` in place from `grad` and the group's checked `hyper`."""
-        raise NotImplementedError
 
     def _make_group(self, group: dict, where: str) -> dict:
         unknown = set(group) - set(self.defaults) - {"params"}

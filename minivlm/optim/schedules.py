@@ -13,13 +13,15 @@ the schedule as before, then load both state dicts (in either order).
 
 from __future__ import annotations
 
+import abc
+
 import math
 import numbers
 
 from .optimizer import Optimizer, check_real
 
 
-class LRSchedule:
+class LRSchedule(abc.ABC):
     """Sets lr = base_lr * factor(last_step) in every group; subclasses write `factor`."""
 
     def __init__(self, optimizer: Optimizer):
@@ -33,9 +35,9 @@ class LRSchedule:
         self.last_step = 0
         self._apply()
 
+    @abc.abstractmethod
     def factor(self, step: int) -> float:
         """The multiplier of base_lr after `step` calls of step()."""
-        raise NotImplementedError
 
     def settings(self) -> dict:
         """What the schedule was made with; a loaded state must have been saved with the same."""
