@@ -295,6 +295,8 @@ class Function:
 
     def __call__(self, *inputs):
         tensors = _as_tensors(self.name, inputs)
+        # which inputs want a gradient, so a backward may skip the others' products
+        self.needs_input_grad = tuple(t.requires_grad for t in tensors)
         outputs = self.forward(*[t.data for t in tensors])
         single = not isinstance(outputs, tuple)
         outputs = (outputs,) if single else outputs

@@ -169,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .memory import keep_freed_memory
+
+    keep_freed_memory()  # training steps reuse their large temporaries (see memory.py)
     args = build_parser().parse_args(argv)
     return args.handler(args)
 

@@ -107,13 +107,13 @@ PRESETS: dict[str, dict] = {
         qa_fraction=0.35,
         qa_start=0.6,
         corrupt_attributes=0.5,
-        steps=1400,
+        steps=2000,
         batch_size=64,
         lr=2e-3,
         warmup_steps=80,
         out_dir="demo_out",
-        eval_every=350,
-        checkpoint_every=350,
+        eval_every=500,
+        checkpoint_every=500,
     ),
     # The reference tutorial's model: 224 px images, 16 px patches, 4 heads, 2 + 2 layers.
     "reference": dict(

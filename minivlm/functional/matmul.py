@@ -58,8 +58,8 @@ class Linear(Function):
         x, weight = self.saved
         dy2 = dy.reshape(-1, dy.shape[-1])                    # (N, out)
         x2 = x.reshape(-1, x.shape[-1])                       # (N, in)
-        # y = x W^T + b: dx = dy W, dW = dy^T x, db = sum_n dy
-        dx = (dy2 @ weight).reshape(x.shape)                  # (..., in)
+        # y = x W^T + b: dx = dy W, dW = dy^T x, db = sum_n dy (dx skipped for images, ids...)
+        dx = (dy2 @ weight).reshape(x.shape) if self.needs_input_grad[0] else None  # (..., in)
         dweight = dy2.T @ x2                                  # (out, in)
         if not self.has_bias:
             return dx, dweight

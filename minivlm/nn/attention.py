@@ -18,7 +18,7 @@ from collections.abc import Callable
 from .. import functional as F
 from ..autograd import Tensor
 from . import init
-from .layers import Linear, linear_rows
+from .layers import Linear
 from .module import Module, Parameter
 
 
@@ -151,7 +151,7 @@ class MultiHeadAttention(Module):
         """x W_which^T + b_which with W_which rows [which d, (which+1) d) of in_proj_weight."""
         rows = slice(which * self.embed_dim, (which + 1) * self.embed_dim)
         bias = None if self.in_proj_bias is None else self.in_proj_bias[rows]
-        return linear_rows(x, self.in_proj_weight[rows], bias)
+        return F.linear(x, self.in_proj_weight[rows], bias)
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
