@@ -38,7 +38,7 @@ import numpy as np
 from . import timing
 from .machine import blas_threads, describe, machine_facts
 from .plot import Panel, save_figure
-from .report import command_line, write_json
+from .report import command_line, status_text, write_json
 
 IMPLEMENTATIONS = (
     "numpy-naive",
@@ -171,17 +171,12 @@ def reference_slice(problem: Problem, limit_bytes: int) -> tuple[tuple[slice, sl
         return (slice(None), slice(None)), f"all {total} heads"
     if affordable >= problem.heads:
         items = affordable // problem.heads
-        index = (slice(0, items), slice(None))
-        return (
-            index,
-            f"batch items 0..{items - 1} of {problem.batch} "
-            f"({items * problem.heads} of {total} heads)",
-        )
+        which = "batch item 0" if items == 1 else f"batch items 0..{items - 1}"
+        text = f"{which} of {problem.batch} ({items * problem.heads} of {total} heads)"
+        return (slice(0, items), slice(None)), text
     heads = min(affordable, problem.heads)
-    return (
-        slice(0, 1),
-        slice(0, heads),
-    ), f"batch item 0, heads 0..{heads - 1} ({heads} of {total} heads)"
+    text = f"batch item 0, heads 0..{heads - 1} ({heads} of {total} heads)"
+    return (slice(0, 1), slice(0, heads)), text
 
 
 # -- implementations -----------------------------------------------------------------
@@ -617,7 +612,7 @@ def attention_ratios(rows: list[dict]) -> list[dict]:
 def _progress_line(row: dict) -> str:
     head = f"N={row['n_q']:>5} {row['implementation']:<12}"
     if row["status"] != "ok":
-        return f"{head} {row['status'].upper()}: {row['reason']}"
+        return f"{head} {status_text(row)}"
     return (
         f"{head} fwd {timing.format_ms(row['forward']['median'])} ms, "
         f"fwd+bwd {timing.format_ms(row['forward_backward']['median'])} ms"
@@ -671,7 +666,7 @@ def _spread(stats: dict) -> str:
 def _table_line(row: dict) -> str:
     head = f"{row['n_q']:>5} {row['n_k']:>5} {row['implementation']:<12}"
     if row["status"] != "ok":
-        return f"{head} {row['status'].upper()}: {row['reason']}"
+        return f"{head} {status_text(row)}"
     forward, both, memory = row["forward"], row["forward_backward"], row["memory"]
     fraction = row["fraction_of_gemm_peak"]
     percent = "-" if fraction is None else f"{100 * fraction['forward_backward']:.1f}"
@@ -682,8 +677,14 @@ def _table_line(row: dict) -> str:
         f"{head} {timing.format_ms(forward['median']):>8} {_spread(forward):>17} "
         f"{timing.format_ms(both['median']):>10} {_spread(both):>17} {rate:>7.3f} {percent:>6} "
         f"{timing.format_mib(memory_bytes):>8} {timing.format_mib(memory['rss_delta_bytes']):>8} "
-        f"{error:>11.1e} {timing.format_percent(both['others_cpu_share']):>7}"
+        f"{error:>11.1e} {timing.format_percent(_others_share(row)):>7}"
     )
+
+
+def _others_share(row: dict) -> float | None:
+    """The larger share of the machine other processes took in the row's two phases."""
+    shares = [row[phase]["others_cpu_share"] for phase in ("forward", "forward_backward")]
+    return None if None in shares else max(shares)
 
 
 def _ratio_line(entry: dict) -> str:

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from . import timing
-from .attention import relative_error, set_torch_threads
+from .attention import _others_share, relative_error, set_torch_threads
 from .machine import blas_threads, describe, machine_facts
-from .report import command_line, write_json
+from .report import command_line, status_text, write_json
 
 FRAMEWORKS = ("engine", "numpy", "torch")
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -406,7 +406,7 @@ def ops_ratios(rows: list[dict]) -> list[dict]:
 def _progress_line(row: dict) -> str:
     head = f"{row['op']:<14} {row['size']:<32} {row['framework']:<7}"
     if row["status"] != "ok":
-        return f"{head} {row['status'].upper()}: {row['reason']}"
+        return f"{head} {status_text(row)}"
     return f"{head} fwd+bwd {_us(row['forward_backward']['median'])} us"
 
 
@@ -427,14 +427,14 @@ def format_ops_table(report: dict) -> str:
     for row in report["results"]:
         head = f"{row['op']:<14} {row['size']:<32} {row['framework']:<9}"
         if row["status"] != "ok":
-            lines.append(f"{head} {row['status'].upper()}: {row['reason']}")
+            lines.append(f"{head} {status_text(row)}")
             continue
         error = max(row["check"]["relative_errors"].values())
         lines.append(
             f"{head} {_us(row['forward']['median']):>8} {_spread(row['forward']):>15} "
             f"{_us(row['forward_backward']['median']):>10} "
             f"{_spread(row['forward_backward']):>15} {error:>11.1e} "
-            f"{timing.format_percent(row['forward_backward']['others_cpu_share']):>7}"
+            f"{timing.format_percent(_others_share(row)):>7}"
         )
     lines += [
         "",

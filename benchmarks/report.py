@@ -120,6 +120,13 @@ def write_json(report: dict, path: str | Path) -> Path:
     return path
 
 
+def status_text(row: dict) -> str:
+    """'WRONG: <why>', 'ERROR: <exception>' or 'not available: <why>' for a row not timed."""
+    if row["status"] == "unavailable":
+        return row["reason"]
+    return f"{row['status'].upper()}: {row['reason']}"
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The command that produced `args`: its prefix and the arguments it was given."""
     argv = getattr(args, "argv", None)

@@ -32,7 +32,7 @@ import numpy as np
 from . import timing
 from .attention import set_torch_threads
 from .machine import blas_threads, describe, machine_facts
-from .report import command_line, write_json
+from .report import command_line, status_text, write_json
 
 FRAMEWORKS = ("minivlm", "torch")
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -518,7 +518,7 @@ def train_ratios(rows: list[dict]) -> list[dict]:
 def _progress_line(row: dict) -> str:
     head = f"{row['model']:<10} {row['framework']:<8} {row['device']:<5}"
     if row["status"] != "ok":
-        return f"{head} {row['status'].upper()}: {row['reason']}"
+        return f"{head} {status_text(row)}"
     step = timing.format_ms(row["step"]["median"])
     return f"{head} step {step} ms, {row['samples_per_second']:.1f} samples/s"
 
@@ -547,7 +547,7 @@ def format_train_table(report: dict) -> str:
     for row in report["results"]:
         head = f"{row['model']:<10} {row['framework']:<9} {row['device']:<6}"
         if row["status"] != "ok":
-            lines.append(f"{head} {row['status'].upper()}: {row['reason']}")
+            lines.append(f"{head} {status_text(row)}")
             continue
         step, errors = row["step"], row["check"]["relative_errors"]
         spread = f"[{1e3 * step['p10']:.1f}, {1e3 * step['p90']:.1f}]"
