@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 
 from . import timing
-from .machine import blas_threads, describe, machine_facts
+from .machine import blas_threads, describe, keep_freed_memory, machine_facts
 from .plot import Panel, save_figure
-from .report import command_line, status_text, write_json
+from .report import command_line, others_share, status_text, write_json
 
 IMPLEMENTATIONS = (
     "numpy-naive",
@@ -677,14 +677,8 @@ def _table_line(row: dict) -> str:
         f"{head} {timing.format_ms(forward['median']):>8} {_spread(forward):>17} "
         f"{timing.format_ms(both['median']):>10} {_spread(both):>17} {rate:>7.3f} {percent:>6} "
         f"{timing.format_mib(memory_bytes):>8} {timing.format_mib(memory['rss_delta_bytes']):>8} "
-        f"{error:>11.1e} {timing.format_percent(_others_share(row)):>7}"
+        f"{error:>11.1e} {timing.format_percent(others_share(row)):>7}"
     )
-
-
-def _others_share(row: dict) -> float | None:
-    """The larger share of the machine other processes took in the row's two phases."""
-    shares = [row[phase]["others_cpu_share"] for phase in ("forward", "forward_backward")]
-    return None if None in shares else max(shares)
 
 
 def _ratio_line(entry: dict) -> str:
@@ -802,6 +796,7 @@ def config_from_args(args: argparse.Namespace) -> AttentionConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    keep_freed_memory()  # as `minivlm` does for every command
     config = config_from_args(args)
     report = run_attention_benchmark(
         config, command=command_line(args), quick=args.quick, log=_stderr

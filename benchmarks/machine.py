@@ -24,6 +24,19 @@ BLAS_ENVIRONMENT = (
 )  # fmt: skip
 
 
+_c_heap = {"keeps_freed_memory": False}
+
+
+def keep_freed_memory() -> bool:
+    """Apply minivlm's C-heap setting, as the `minivlm` command does before any command
+    (large freed arrays stay mapped for the next step: see minivlm/memory.py), and
+    remember it for the report. True when the C library took it."""
+    from minivlm.memory import keep_freed_memory as raise_malloc_thresholds
+
+    _c_heap["keeps_freed_memory"] = raise_malloc_thresholds()
+    return _c_heap["keeps_freed_memory"]
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -163,6 +176,7 @@ def machine_facts(command: str) -> dict:
             "threadpoolctl": _threadpoolctl_facts(),
         },
         "environment": {name: os.environ[name] for name in BLAS_ENVIRONMENT if name in os.environ},
+        "c_heap_keeps_freed_memory": _c_heap["keeps_freed_memory"],
         "gpu": gpu_facts(),
         "versions": library_versions(),
         "python_executable": sys.executable,
@@ -175,9 +189,10 @@ def describe(facts: dict) -> str:
     blas = runtime.get("config") or (facts["blas"]["numpy_build"] or {}).get("name", "unknown BLAS")
     gpu = facts["gpu"]["name"] if facts["gpu"] else "no GPU"
     versions = ", ".join(f"{name} {version}" for name, version in facts["versions"].items())
+    heap = "; freed memory kept in the C heap" if facts["c_heap_keeps_freed_memory"] else ""
     text = (
         f"{facts['cpu_model']}, {facts['cpu_cores']} cores, BLAS {blas} "
-        f"({facts['blas_threads']} threads); {gpu}\n{versions}; {facts['date']}"
+        f"({facts['blas_threads']} threads); {gpu}{heap}\n{versions}; {facts['date']}"
     )
     load = facts["load_average"]
     if load and load[0] > 0.5 * facts["cpu_cores"]:

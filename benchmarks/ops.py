@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from . import timing
-from .attention import _others_share, relative_error, set_torch_threads
-from .machine import blas_threads, describe, machine_facts
-from .report import command_line, status_text, write_json
+from .attention import relative_error, set_torch_threads
+from .machine import blas_threads, describe, keep_freed_memory, machine_facts
+from .report import command_line, others_share, status_text, write_json
 
 FRAMEWORKS = ("engine", "numpy", "torch")
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -434,7 +434,7 @@ def format_ops_table(report: dict) -> str:
             f"{head} {_us(row['forward']['median']):>8} {_spread(row['forward']):>15} "
             f"{_us(row['forward_backward']['median']):>10} "
             f"{_spread(row['forward_backward']):>15} {error:>11.1e} "
-            f"{timing.format_percent(_others_share(row)):>7}"
+            f"{timing.format_percent(others_share(row)):>7}"
         )
     lines += [
         "",
@@ -483,6 +483,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    keep_freed_memory()  # as `minivlm` does for every command
     config = replace(OpsConfig(), **(QUICK if args.quick else {}), dtype=args.dtype)
     overrides = {"repeats": args.repeats, "warmup": args.warmup}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})

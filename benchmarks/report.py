@@ -127,6 +127,13 @@ def status_text(row: dict) -> str:
     return f"{row['status'].upper()}: {row['reason']}"
 
 
+def others_share(row: dict) -> float | None:
+    """The larger share of the machine that other processes took while the row's forward
+    and forward+backward were timed (None where it is not known)."""
+    shares = [row[phase]["others_cpu_share"] for phase in ("forward", "forward_backward")]
+    return None if None in shares else max(shares)
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The command that produced `args`: its prefix and the arguments it was given."""
     argv = getattr(args, "argv", None)

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import timing
 from .attention import set_torch_threads
-from .machine import blas_threads, describe, machine_facts
+from .machine import blas_threads, describe, keep_freed_memory, machine_facts
 from .report import command_line, status_text, write_json
 
 FRAMEWORKS = ("minivlm", "torch")
@@ -590,6 +590,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    keep_freed_memory()  # as `minivlm` does for every command
     config = replace(TrainBenchConfig(), **(QUICK if args.quick else {}))
     overrides = {
         "models": None if args.models is None else tuple(args.models),
