@@ -11,7 +11,6 @@ one parameter at a time.
 from __future__ import annotations
 
 import abc
-
 import math
 import numbers
 from collections.abc import Iterable

@@ -14,7 +14,6 @@ the schedule as before, then load both state dicts (in either order).
 from __future__ import annotations
 
 import abc
-
 import math
 import numbers
 
