@@ -38,7 +38,7 @@ import numpy as np
 from . import timing
 from .machine import blas_threads, describe, keep_freed_memory, machine_facts
 from .plot import Panel, save_figure
-from .report import command_line, others_share, status_text, write_json
+from .report import command_line, log_to_stderr, others_share, run_module, status_text, write_json
 
 IMPLEMENTATIONS = (
     "numpy-naive",
@@ -799,7 +799,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     keep_freed_memory()  # as `minivlm` does for every command
     config = config_from_args(args)
     report = run_attention_benchmark(
-        config, command=command_line(args), quick=args.quick, log=_stderr
+        config, command=command_line(args), quick=args.quick, log=log_to_stderr
     )
     print(format_attention_table(report))
     print(f"\nJSON: {write_json(report, args.json)}")
@@ -807,18 +807,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.attention", description=__doc__.split("\n\n")[0]
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    return args.handler(args)
+    return run_module("attention", __doc__, add_arguments, argv)
 
 
 if __name__ == "__main__":

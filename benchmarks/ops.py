@@ -26,7 +26,7 @@ import numpy as np
 from . import timing
 from .attention import relative_error, set_torch_threads
 from .machine import blas_threads, describe, keep_freed_memory, machine_facts
-from .report import command_line, others_share, status_text, write_json
+from .report import command_line, log_to_stderr, others_share, run_module, status_text, write_json
 
 FRAMEWORKS = ("engine", "numpy", "torch")
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -489,24 +489,16 @@ def run_from_args(args: argparse.Namespace) -> int:
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if args.framework:
         config = replace(config, frameworks=tuple(args.framework))
-    report = run_ops_benchmark(config, command=command_line(args), quick=args.quick, log=_stderr)
+    report = run_ops_benchmark(
+        config, command=command_line(args), quick=args.quick, log=log_to_stderr
+    )
     print(format_ops_table(report))
     print(f"\nJSON: {write_json(report, args.json)}")
     return 0
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.ops", description=__doc__.split("\n\n")[0]
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    return args.handler(args)
+    return run_module("ops", __doc__, add_arguments, argv)
 
 
 if __name__ == "__main__":

@@ -138,3 +138,19 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that produced `args`: its prefix and the arguments it was given."""
     argv = getattr(args, "argv", None)
     return f"{args.command_prefix} {shlex.join(sys.argv[1:] if argv is None else argv)}".strip()
+
+
+def log_to_stderr(line: str) -> None:
+    """Progress lines go to stderr, so stdout holds only the table."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_module(name: str, doc: str, add_arguments, argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.NAME`: the same arguments as `minivlm bench NAME`."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{name}", description=doc.split("\n\n")[0]
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    return args.handler(args)

@@ -32,7 +32,7 @@ import numpy as np
 from . import timing
 from .attention import set_torch_threads
 from .machine import blas_threads, describe, keep_freed_memory, machine_facts
-from .report import command_line, status_text, write_json
+from .report import command_line, log_to_stderr, run_module, status_text, write_json
 
 FRAMEWORKS = ("minivlm", "torch")
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -599,24 +599,16 @@ def run_from_args(args: argparse.Namespace) -> int:
         "devices": ("cpu", "cuda") if args.device == "all" else (args.device,),
     }  # fmt: skip
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    report = run_train_benchmark(config, command=command_line(args), quick=args.quick, log=_stderr)
+    report = run_train_benchmark(
+        config, command=command_line(args), quick=args.quick, log=log_to_stderr
+    )
     print(format_train_table(report))
     print(f"\nJSON: {write_json(report, args.json)}")
     return 0
 
 
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0]
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    args.argv = argv
-    return args.handler(args)
+    return run_module("train", __doc__, add_arguments, argv)
 
 
 if __name__ == "__main__":

@@ -76,7 +76,8 @@ def load_training_state(out_dir: Path, trainer) -> None:
     if differing:
         raise ValueError(
             f"--resume: the run in {out_dir} was made with other settings for {differing} "
-            f"(saved {[saved_config.get(k) for k in differing]}, now {[current[k] for k in differing]})"
+            f"(saved {[saved_config.get(k) for k in differing]}, "
+            f"now {[current[k] for k in differing]})"
         )
     trainer.tokenizer = Tokenizer.load(folder / "tokenizer.json")
     trainer.model.load_state_dict(load_weights(folder / WEIGHTS_FILE))
