@@ -66,7 +66,9 @@ class AttributeCorruption:
     """Replaces colour and shape words in the decoder's teacher-forced input at random.
 
     The targets keep the true words, so after a corrupted colour the model cannot lean
-    on "red is usually a square": the shape must come from the image.
+    on "red is usually a square": the shape must come from the image. Only words the
+    model was trained to produce are touched (input t where target t-1 is trained):
+    a question's words are the task itself, and changing them would change its answer.
     """
 
     def __init__(
@@ -79,13 +81,16 @@ class AttributeCorruption:
             for words in words_by_kind.values()
         ]
 
-    def __call__(self, inputs: np.ndarray, step: int) -> np.ndarray:
+    def __call__(self, inputs: np.ndarray, targets: np.ndarray, step: int) -> np.ndarray:
+        """inputs, targets: (B, T) as from `collate`; returns a corrupted copy of inputs."""
         if self.rate == 0.0:
             return inputs
         rng = np.random.default_rng([step, 7])  # a function of the step: resumes exactly
+        generated = np.zeros(inputs.shape, dtype=bool)  # (B, T): input t was target t-1
+        generated[:, 1:] = targets[:, :-1] != IGNORE_INDEX
         corrupted = inputs.copy()
         for ids in self.groups:
-            hit = np.isin(inputs, ids) & (rng.random(inputs.shape) < self.rate)
+            hit = generated & np.isin(inputs, ids) & (rng.random(inputs.shape) < self.rate)
             corrupted[hit] = rng.choice(ids, size=int(hit.sum()))
         return corrupted
 
@@ -137,7 +142,7 @@ class Trainer:
 
     def train_step(self, batch, corruption: AttributeCorruption) -> float:
         self.model.train()
-        inputs = corruption(batch.inputs, self.step)
+        inputs = corruption(batch.inputs, batch.targets, self.step)
         loss = sequence_loss(self.model, batch.images, inputs, batch.targets, self.config.device)
         self.optimizer.zero_grad()
         loss.backward()

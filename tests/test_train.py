@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from minivlm.data import Example, collate
 from minivlm.train import AttributeCorruption, Trainer, train
 from minivlm.train_checkpoint import latest_checkpoint
 from minivlm.train_config import TrainConfig, preset
@@ -98,13 +99,31 @@ def test_attribute_corruption_changes_only_attribute_words_and_is_a_function_of_
     tok = trainer.tokenizer
     words = {"colour": ["red", "blue", "green"], "shape": ["circle", "square"]}
     corrupt = AttributeCorruption(tok, words, rate=0.9, seed=0)
-    inputs = np.array(
-        [tok.encode("a small red circle at the top left and a large blue square in the centre")] * 4
+    batch = collate(
+        [_caption_example(tok, "a small red circle at the top left and a large blue square")] * 4
     )
-    out = corrupt(inputs, step=3)
+    inputs = batch.inputs
+    out = corrupt(inputs, batch.targets, step=3)
     attribute_ids = {tok.ids[w] for ws in words.values() for w in ws}
     changed = out != inputs
     assert changed.any()
     assert all(int(i) in attribute_ids for i in inputs[changed])
     assert all(int(i) in attribute_ids for i in out[changed])
-    np.testing.assert_array_equal(out, corrupt(inputs, step=3))
+    np.testing.assert_array_equal(out, corrupt(inputs, batch.targets, step=3))
+
+
+def test_attribute_corruption_never_touches_a_question():
+    trainer = Trainer.create(preset("tiny"))
+    tok = trainer.tokenizer
+    corrupt = AttributeCorruption(tok, {"colour": ["red", "blue"]}, rate=0.99, seed=0)
+    ids, loss_start = tok.qa_sequence("what shape is the red object ?", "red")
+    batch = collate([Example(np.zeros((3, 4, 4), np.float32), tuple(ids), loss_start, "qa")] * 8)
+    out = corrupt(batch.inputs, batch.targets, step=0)
+    prompt = slice(0, loss_start)  # <bos> <question> question <answer>
+    np.testing.assert_array_equal(out[:, prompt], batch.inputs[:, prompt])
+    assert (out[:, loss_start] != batch.inputs[:, loss_start]).any()  # the answer word may change
+
+
+def _caption_example(tok, text):
+    ids, loss_start = tok.caption_sequence(text)
+    return Example(np.zeros((3, 4, 4), np.float32), tuple(ids), loss_start, "caption")
