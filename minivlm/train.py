@@ -18,13 +18,20 @@ import numpy as np
 from . import functional as F
 from . import random
 from .autograd import Tensor, no_grad
-from .data import IGNORE_INDEX, SceneConfig, SceneDataset, Tokenizer, collate, default_tokenizer
+from .data import (
+    IGNORE_INDEX,
+    Batch,
+    SceneConfig,
+    SceneDataset,
+    Tokenizer,
+    collate,
+    default_tokenizer,
+)
+from .data.stream import TrainingStream, stream_batches
 from .models import VLM, VLMConfig
 from .optim import AdamW, WarmupCosine, clip_grad_norm_
 from .train_checkpoint import load_training_state, save_training_checkpoint
 from .train_config import TrainConfig
-
-STREAM_SIZE = 2**40  # examples in the endless training stream (indexed, never listed)
 
 
 def scene_config(config: TrainConfig) -> SceneConfig:
@@ -52,14 +59,39 @@ def model_config(config: TrainConfig, vocab_size: int) -> VLMConfig:
     )
 
 
-def sequence_loss(model: VLM, images, inputs, targets, device: str = "cpu") -> Tensor:
-    """Mean cross-entropy over the target positions that are not IGNORE_INDEX."""
+LOSS_WEIGHTINGS: tuple[str, ...] = ("token", "sequence")
+
+
+def sequence_loss(
+    model: VLM, images, inputs, targets, device: str = "cpu", weighting: str = "token"
+) -> Tensor:
+    """Cross-entropy over the target positions that are not IGNORE_INDEX.
+
+    weighting "token": the mean over all trained tokens of the batch. "sequence": the
+    mean over sequences of each one's mean over its tokens, so a one-word answer
+    weighs as much as a twenty-word caption (per token it would be drowned out).
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(
+            f"sequence_loss weighting: expected one of {LOSS_WEIGHTINGS}, got {weighting!r}"
+        )
     logits = model(Tensor(images).to(device), inputs)  # (B, T, V)
     vocab = logits.shape[-1]
-    flat_targets = targets.reshape(-1)
-    if device == "cuda":
-        flat_targets = Tensor(flat_targets).to(device).data
-    return F.cross_entropy(logits.reshape(-1, vocab), flat_targets, ignore_index=IGNORE_INDEX)
+    flat_logits = logits.reshape(-1, vocab)  # (B*T, V)
+    flat_targets = Tensor(targets.reshape(-1)).to(device).data  # (B*T,)
+    if weighting == "token":
+        return F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX)
+    per_token = F.cross_entropy(flat_logits, flat_targets, IGNORE_INDEX, reduction="none")
+    weights = Tensor(sequence_weights(targets).astype(per_token.dtype)).to(device)  # (B*T,)
+    return (per_token * weights).sum()
+
+
+def sequence_weights(targets: np.ndarray) -> np.ndarray:
+    """(B*T,) weights: 1 / (n_b * B') on row b's n_b trained tokens, B' rows with any; else 0."""
+    trained = targets != IGNORE_INDEX  # (B, T)
+    counts = trained.sum(axis=1, keepdims=True)  # (B, 1)
+    rows = max(int((counts > 0).sum()), 1)
+    return (trained / np.maximum(counts, 1) / rows).reshape(-1)
 
 
 class AttributeCorruption:
@@ -114,36 +146,30 @@ class Trainer:
         schedule = WarmupCosine(optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
         return cls(config, tokenizer, model, optimizer, schedule)
 
-    def dataset(
-        self, split: str, size: int = STREAM_SIZE, seed: int | None = None, task=None
-    ) -> SceneDataset:
+    def stream(self) -> TrainingStream:
+        """The training batches; QA examples join after qa_start of the run."""
         c = self.config
-        return SceneDataset(
+        return TrainingStream(
             scene_config(c),
-            split,
-            size,
-            c.seed if seed is None else seed,
-            task=task or c.task,
-            qa_fraction=c.qa_fraction,
-            tokenizer=self.tokenizer,
+            self.tokenizer,
+            c.batch_size,
+            c.seed,
+            c.task,
+            c.qa_fraction,
+            qa_start_step=int(c.qa_start * c.steps),
+            max_len=c.max_len + 1,
         )
 
-    def batch(self, step: int):
-        """Batch `step` of the stream; QA examples join after qa_start of the run."""
-        c = self.config
-        task = c.task
-        if task == "mix" and step < int(c.qa_start * c.steps):
-            task = "caption"
-        stream = self.dataset("train", task=task)
-        first = step * c.batch_size
-        return collate(
-            [stream[i] for i in range(first, first + c.batch_size)], max_len=c.max_len + 1
-        )
+    def batch(self, step: int) -> Batch:
+        return self.stream().batch(step)
 
     def train_step(self, batch, corruption: AttributeCorruption) -> float:
         self.model.train()
         inputs = corruption(batch.inputs, batch.targets, self.step)
-        loss = sequence_loss(self.model, batch.images, inputs, batch.targets, self.config.device)
+        c = self.config
+        loss = sequence_loss(
+            self.model, batch.images, inputs, batch.targets, c.device, c.loss_weighting
+        )
         self.optimizer.zero_grad()
         loss.backward()
         clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
@@ -159,8 +185,13 @@ class Trainer:
         losses = {}
         with no_grad():
             for split in ("iid", "heldout"):
-                data = self.dataset(
-                    split, size=c.eval_batches * c.batch_size, seed=c.seed + 1, task="caption"
+                data = SceneDataset(
+                    scene_config(c),
+                    split,
+                    c.eval_batches * c.batch_size,
+                    c.seed + 1,
+                    task="caption",
+                    tokenizer=self.tokenizer,
                 )
                 values = []
                 for b in range(c.eval_batches):
@@ -201,10 +232,11 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     log = open(out / "log.jsonl", "a" if resume else "w")
     bar = _progress(config, trainer.step, end)
+    batches = stream_batches(trainer.stream(), trainer.step, end, config.data_workers)
     started, samples = time.perf_counter(), 0
     try:
-        while trainer.step < end:
-            loss = trainer.train_step(trainer.batch(trainer.step), corruption)
+        for batch in batches:
+            loss = trainer.train_step(batch, corruption)
             samples += config.batch_size
             rate = samples / (time.perf_counter() - started)
             record = {
@@ -224,6 +256,7 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
                 bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
                 bar.update(1)
     finally:
+        batches.close()  # stops the workers, if any
         log.close()
         if bar is not None:
             bar.close()

@@ -91,6 +91,7 @@ def load_training_state(out_dir: Path, trainer) -> None:
 # Settings that may change between a run and its resumption.
 _RUN_ONLY_FIELDS = {
     "progress",
+    "data_workers",
     "device",
     "out_dir",
     "log_every",

@@ -26,6 +26,7 @@ class TrainConfig:
     corrupt_attributes: float = (
         0.0  # chance that a colour/shape word in the decoder's input is replaced
     )
+    loss_weighting: str = "token"  # "token" or "sequence" (see minivlm.train.sequence_loss)
     # model (see minivlm.models.VLMConfig)
     patch_size: int = 8
     d_model: int = 128
@@ -47,6 +48,7 @@ class TrainConfig:
     # bookkeeping
     seed: int = 0
     device: str = "cpu"
+    data_workers: int = 0  # processes that render batches ahead of the step (0: inline)
     out_dir: str = "runs/train"
     log_every: int = 10
     eval_every: int = 200
@@ -61,11 +63,17 @@ class TrainConfig:
             ("task", self.task in ("caption", "qa", "mix"), "one of 'caption', 'qa', 'mix'"),
             ("qa_fraction", 0.0 <= self.qa_fraction <= 1.0, "a number in [0, 1]"),
             ("qa_start", 0.0 <= self.qa_start < 1.0, "a number in [0, 1)"),
+            (
+                "loss_weighting",
+                self.loss_weighting in ("token", "sequence"),
+                "'token' or 'sequence'",
+            ),
             ("corrupt_attributes", 0.0 <= self.corrupt_attributes < 1.0, "a number in [0, 1)"),
             ("steps", self.steps >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("lr", self.lr > 0, "positive"),
             ("warmup_steps", 0 <= self.warmup_steps, "non-negative"),
+            ("data_workers", self.data_workers >= 0, "an int >= 0"),
             ("device", self.device in ("cpu", "cuda"), "'cpu' or 'cuda'"),
             ("log_every", self.log_every >= 1, "at least 1"),
             ("eval_every", self.eval_every >= 1, "at least 1"),
@@ -107,6 +115,7 @@ PRESETS: dict[str, dict] = {
         qa_fraction=0.35,
         qa_start=0.6,
         corrupt_attributes=0.5,
+        loss_weighting="sequence",
         steps=2000,
         batch_size=64,
         lr=2e-3,

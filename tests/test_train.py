@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from minivlm.data import Example, collate
-from minivlm.train import AttributeCorruption, Trainer, train
+from minivlm.train import AttributeCorruption, Trainer, sequence_loss, sequence_weights, train
 from minivlm.train_checkpoint import latest_checkpoint
 from minivlm.train_config import TrainConfig, preset
 
@@ -33,6 +33,11 @@ def test_resumed_run_repeats_the_uninterrupted_loss_sequence_exactly(tmp_path):
     resumed = train(preset("tiny", out_dir=str(tmp_path / "split"), **settings), resume=True)
     assert resumed.step == 8
     assert _losses(tmp_path / "split") == _losses(tmp_path / "whole")
+    # the same run, its batches rendered ahead by a worker process, resumed from step 4
+    train(preset("tiny", out_dir=str(tmp_path / "ahead"), **settings), stop_at=4)
+    ahead = preset("tiny", out_dir=str(tmp_path / "ahead"), data_workers=1, **settings)
+    train(ahead, resume=True)
+    assert _losses(tmp_path / "ahead") == _losses(tmp_path / "whole")
 
 
 def test_checkpoint_holds_weights_tokenizer_optimizer_and_state(tmp_path):
@@ -84,6 +89,11 @@ def test_bad_train_config_names_the_field(field, value, expected):
         TrainConfig(**{field: value})
 
 
+def test_negative_data_workers_is_named():
+    with pytest.raises(ValueError, match="data_workers"):
+        preset("tiny", data_workers=-1)
+
+
 def test_unknown_config_field_is_listed():
     with pytest.raises(ValueError, match="unknown field"):
         TrainConfig.from_dict({"stpes": 3})
@@ -127,3 +137,34 @@ def test_attribute_corruption_never_touches_a_question():
 def _caption_example(tok, text):
     ids, loss_start = tok.caption_sequence(text)
     return Example(np.zeros((3, 4, 4), np.float32), tuple(ids), loss_start, "caption")
+
+
+def test_sequence_weights_give_each_row_with_targets_an_equal_share():
+    targets = np.array([[5, 6, -100, -100], [-100, -100, -100, 7], [-100] * 4])
+    weights = sequence_weights(targets).reshape(3, 4)
+    np.testing.assert_allclose(weights, [[0.25, 0.25, 0, 0], [0, 0, 0, 0.5], [0, 0, 0, 0]])
+
+
+def test_sequence_weighted_loss_is_the_mean_of_each_rows_token_mean():
+    trainer = Trainer.create(preset("tiny", task="mix", qa_fraction=0.5))
+    batch = trainer.batch(0)
+    model = trainer.model.eval()
+    whole = sequence_loss(model, batch.images, batch.inputs, batch.targets, weighting="sequence")
+    rows = [
+        sequence_loss(
+            model, batch.images[b : b + 1], batch.inputs[b : b + 1], batch.targets[b : b + 1]
+        )
+        for b in range(len(batch.inputs))
+    ]
+    np.testing.assert_allclose(whole.item(), np.mean([r.item() for r in rows]), rtol=1e-5)
+    token = sequence_loss(model, batch.images, batch.inputs, batch.targets, weighting="token")
+    assert abs(token.item() - whole.item()) > 1e-6  # rows of different lengths: not the same
+
+
+def test_unknown_loss_weighting_is_named():
+    with pytest.raises(ValueError, match="loss_weighting"):
+        preset("tiny", loss_weighting="word")
+    trainer = Trainer.create(preset("tiny"))
+    batch = trainer.batch(0)
+    with pytest.raises(ValueError, match="weighting.*'word'"):
+        sequence_loss(trainer.model, batch.images, batch.inputs, batch.targets, weighting="word")
