@@ -34,7 +34,7 @@ def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict
     _say(
         f"trained in {trained - started:.0f} s; evaluating on fresh scenes (iid and held-out colour-shape pairs)"
     )
-    eval_config = eval_config or EvalConfig(device=config.device)
+    eval_config = eval_config or EvalConfig(device=config.device, qa_format=config.qa_format)
     results = evaluate(trainer.model, trainer.tokenizer, scene_config(config), eval_config)
     _say(format_table(results))
     show_examples(trainer, eval_config.seed)
@@ -80,6 +80,7 @@ def show_examples(trainer: Trainer, seed: int, count: int = 4) -> None:
             trainer.tokenizer,
             np.stack([e.image for e in qa]),
             [e.question for e in qa],
+            describe=trainer.config.qa_format == "describe",
         )
         _say(f"answers ({split}):")
         for example, answer in zip(qa, answers, strict=False):

@@ -22,6 +22,7 @@ import numpy as np
 
 from .autograd import Tensor, no_grad
 from .data import (
+    QA_FORMATS,
     QA_TYPES,
     SceneConfig,
     SceneDataset,
@@ -45,6 +46,13 @@ class EvalConfig:
     batch_size: int = 64
     seed: int = 12345  # scenes nobody trained on
     device: str = "cpu"
+    qa_format: str = "direct"  # as the model was trained: "describe" captions first
+
+    def __post_init__(self) -> None:
+        if self.qa_format not in QA_FORMATS:
+            raise ValueError(
+                f"EvalConfig.qa_format: expected one of {QA_FORMATS}, got {self.qa_format!r}"
+            )
 
 
 def evaluate(
@@ -102,7 +110,9 @@ def _caption_metrics(
                 sequence_loss(model, shuffled, batch.inputs, batch.targets, config.device).item()
             )
         counts.append(int((batch.targets != -100).sum()))
-        for example, generated in zip(examples, caption_images(model, tokenizer, batch.images), strict=False):
+        for example, generated in zip(
+            examples, caption_images(model, tokenizer, batch.images), strict=False
+        ):
             scores.add(generated.text, example.caption, example.scene, scenes)
         share, base, n = _pointing(model, tokenizer, scenes, examples, batch, config)
         pointing.append(share * n)
@@ -169,7 +179,13 @@ def _qa_metrics(
     scores = QAScores()
     for examples in _batches(dataset, config.batch_size):
         images = np.stack([e.image for e in examples])
-        predicted = answer_questions(model, tokenizer, images, [e.question for e in examples])
+        predicted = answer_questions(
+            model,
+            tokenizer,
+            images,
+            [e.question for e in examples],
+            describe=config.qa_format == "describe",
+        )
         for example, answer in zip(examples, predicted, strict=False):
             scores.add(example.qa_type, answer, example.answer)
     metrics = {

@@ -28,17 +28,29 @@ class Generated:
     attention: np.ndarray | None = None  # (steps, blocks, heads, patches) with return_attention
 
 
+ANSWER_ROOM = 4  # positions kept free for an answer after a long generated description
+
+
 def caption_prompt(tokenizer: Tokenizer) -> list[int]:
     return [tokenizer.bos_id, tokenizer.caption_id]
 
 
-def question_prompt(tokenizer: Tokenizer, question: str) -> list[int]:
-    return [
-        tokenizer.bos_id,
-        tokenizer.question_id,
-        *tokenizer.encode(question),
-        tokenizer.answer_id,
-    ]
+def question_prompt(
+    tokenizer: Tokenizer,
+    question: str,
+    description: list[int] | None = None,
+    max_length: int | None = None,
+) -> list[int]:
+    """<bos> <question> question <answer>; with a description (generated caption ids,
+    <eos> or not): <bos> <caption> description <question> question <answer>, the
+    description cut short if needed so that the prompt is at most max_length long."""
+    asked = [tokenizer.question_id, *tokenizer.encode(question), tokenizer.answer_id]
+    if description is None:
+        return [tokenizer.bos_id, *asked]
+    described = [i for i in description if i != tokenizer.eos_id]
+    if max_length is not None:
+        described = described[: max(max_length - len(asked) - 2, 0)]
+    return [tokenizer.bos_id, tokenizer.caption_id, *described, *asked]
 
 
 def generate(
@@ -147,15 +159,35 @@ def caption_images(
 
 
 def answer_questions(
-    model: VLM, tokenizer: Tokenizer, images: np.ndarray, questions: list[str], **options
+    model: VLM,
+    tokenizer: Tokenizer,
+    images: np.ndarray,
+    questions: list[str],
+    describe: bool = False,
+    **options,
 ) -> list[str]:
-    """Answers, batching together the questions whose prompts have one length."""
-    prompts = [question_prompt(tokenizer, q) for q in questions]
+    """Answers, batching together the questions whose prompts have one length.
+
+    describe: the model was trained to caption the image before the question
+    (qa_format "describe"); it captions each image first and answers after its own
+    caption.
+    """
+    if describe:
+        room = model.config.max_len - ANSWER_ROOM
+        descriptions = caption_images(model, tokenizer, images, **options)
+        prompts = [
+            question_prompt(tokenizer, q, d.ids, room)
+            for q, d in zip(questions, descriptions, strict=True)
+        ]
+    else:
+        prompts = [question_prompt(tokenizer, q) for q in questions]
     answers: list[str] = [""] * len(questions)
     for length in sorted({len(p) for p in prompts}):
         rows = [i for i, p in enumerate(prompts) if len(p) == length]
         for i, result in zip(
-            rows, generate(model, tokenizer, images[rows], [prompts[i] for i in rows], **options), strict=False
+            rows,
+            generate(model, tokenizer, images[rows], [prompts[i] for i in rows], **options),
+            strict=False,
         ):
             answers[i] = result.text
     return answers

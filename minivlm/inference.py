@@ -26,6 +26,7 @@ class Loaded:
     model: VLM
     tokenizer: Tokenizer
     scenes: SceneConfig
+    qa_format: str  # "direct", or "describe": caption the image before answering
 
 
 def load_checkpoint(path: Path, device: str = "cpu") -> Loaded:
@@ -43,7 +44,10 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Loaded:
         json.loads((folder / "trainer.json").read_text())["train_config"]
     )
     return Loaded(
-        load_model(folder, device), Tokenizer.load(folder / "tokenizer.json"), scene_config(config)
+        load_model(folder, device),
+        Tokenizer.load(folder / "tokenizer.json"),
+        scene_config(config),
+        config.qa_format,
     )
 
 
@@ -93,7 +97,13 @@ def answer_file(
     loaded = load_checkpoint(checkpoint, device)
     pixels = read_image(image, loaded.model.config.image_size)[None]
     return answer_questions(
-        loaded.model, loaded.tokenizer, pixels, [question], sampling=sampling, seed=seed
+        loaded.model,
+        loaded.tokenizer,
+        pixels,
+        [question],
+        describe=loaded.qa_format == "describe",
+        sampling=sampling,
+        seed=seed,
     )[0]
 
 
@@ -105,7 +115,7 @@ def evaluate_checkpoint(
         loaded.model,
         loaded.tokenizer,
         loaded.scenes,
-        EvalConfig(captions=captions, questions=questions, device=device),
+        EvalConfig(captions, questions, device=device, qa_format=loaded.qa_format),
     )
     print(format_table(results))
     if json_path is not None:

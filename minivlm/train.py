@@ -157,6 +157,7 @@ class Trainer:
             c.task,
             c.qa_fraction,
             qa_start_step=int(c.qa_start * c.steps),
+            qa_format=c.qa_format,
             max_len=c.max_len + 1,
         )
 

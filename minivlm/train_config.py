@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .data.scene_dataset import QA_FORMATS
+
 
 @dataclass
 class TrainConfig:
@@ -23,6 +25,7 @@ class TrainConfig:
     task: str = "caption"  # "caption", "qa" or "mix"
     qa_fraction: float = 0.3  # with task "mix": the share of question-answer examples
     qa_start: float = 0.0  # with task "mix": QA joins after this fraction of the steps
+    qa_format: str = "direct"  # "direct" or "describe": caption first, then answer
     corrupt_attributes: float = (
         0.0  # chance that a colour/shape word in the decoder's input is replaced
     )
@@ -62,6 +65,7 @@ class TrainConfig:
         checks = [
             ("task", self.task in ("caption", "qa", "mix"), "one of 'caption', 'qa', 'mix'"),
             ("qa_fraction", 0.0 <= self.qa_fraction <= 1.0, "a number in [0, 1]"),
+            ("qa_format", self.qa_format in QA_FORMATS, f"one of {QA_FORMATS}"),
             ("qa_start", 0.0 <= self.qa_start < 1.0, "a number in [0, 1)"),
             (
                 "loss_weighting",

@@ -25,7 +25,7 @@ from minivlm.data.questions import (
 )
 from minivlm.data.reference import REFERENCE_TEXT, ReferenceData, reference_data, reference_scene
 from minivlm.data.render import object_coverage, object_masks, render_scene
-from minivlm.data.scene_dataset import SceneDataset, SceneRecord, default_tokenizer
+from minivlm.data.scene_dataset import QA_FORMATS, SceneDataset, SceneRecord, default_tokenizer
 from minivlm.data.scenes import (
     Scene,
     SceneObject,
@@ -74,6 +74,7 @@ __all__ = [
     "ReferenceData",
     "Scene",
     "SceneConfig",
+    "QA_FORMATS",
     "SceneDataset",
     "SceneObject",
     "SceneRecord",

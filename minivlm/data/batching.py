@@ -20,7 +20,9 @@ _HIGH_DEPTH_MODES = ("I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 class Example:
     """One training example: an image and its token sequence, with what it came from.
 
-    ids: <bos> ... <eos>; loss_start: the first index of `ids` that is trained on.
+    ids: <bos> ... <eos>; loss_start: the first index of `ids` that is trained on;
+    untrained: a later span [start, stop) of ids that is not (a question asked after
+    a description, see Tokenizer.described_qa_sequence).
     """
 
     image: np.ndarray  # (3, S, S) float32 in [-1, 1]
@@ -33,6 +35,7 @@ class Example:
     qa_type: str | None = None
     scene: Scene | None = None
     source: str | None = None  # where it came from, e.g. an image file name
+    untrained: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -44,6 +47,13 @@ class Example:
                 f"Example.loss_start: expected 1 <= loss_start < {len(self.ids)}, "
                 f"got {self.loss_start}"
             )
+        if self.untrained is not None:
+            start, stop = self.untrained
+            if not self.loss_start < start < stop < len(self.ids):
+                raise ValueError(
+                    f"Example.untrained: expected a span ({self.loss_start} < start < stop < "
+                    f"{len(self.ids)}), got {self.untrained}"
+                )
 
 
 @dataclass(frozen=True)
@@ -100,8 +110,9 @@ def collate(examples: Sequence[Example], pad_id: int = 0, max_len: int | None = 
     """Stack examples into a batch padded to its longest sequence.
 
     For a sequence ids of length n: inputs = ids[:-1], targets = ids[1:]. Target t
-    predicts ids[t + 1], so it is trained only when t + 1 >= loss_start; earlier
-    targets (the prompt) and padding get IGNORE_INDEX.
+    predicts ids[t + 1], so it is trained only when t + 1 >= loss_start and t + 1 is
+    outside the example's untrained span; the others (prompts) and padding get
+    IGNORE_INDEX.
     """
     if len(examples) == 0:
         raise ValueError("collate examples: expected at least one example, got none")
@@ -128,6 +139,9 @@ def collate(examples: Sequence[Example], pad_id: int = 0, max_len: int | None = 
         inputs[row, :n] = ids[:-1]
         targets[row, :n] = ids[1:]
         targets[row, : example.loss_start - 1] = IGNORE_INDEX
+        if example.untrained is not None:
+            start, stop = example.untrained
+            targets[row, start - 1 : stop - 1] = IGNORE_INDEX
         lengths[row] = n
     images = np.stack([example.image for example in examples]).astype(np.float32, copy=False)
     return Batch(images, inputs, targets, lengths)

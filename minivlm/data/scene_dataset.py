@@ -17,6 +17,7 @@ from minivlm.data.scenes import Scene, sample_scene, scene_rng
 from minivlm.data.tokenizer import Tokenizer
 
 DATASET_TASKS: tuple[str, ...] = ("caption", "qa", "mix")
+QA_FORMATS: tuple[str, ...] = ("direct", "describe")
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class SceneDataset:
     """`size` examples of a split. Example i depends only on (config, split, seed, i).
 
     task: "caption", "qa", or "mix" (each example is a question with probability
-    qa_fraction). Images are rendered when an example is read.
+    qa_fraction). qa_format "direct": a question and its answer; "describe": the
+    scene's caption first, then the question and answer (the caption is trained,
+    the question is not). Images are rendered when an example is read.
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class SceneDataset:
         task: str = "caption",
         qa_fraction: float = 0.5,
         tokenizer: Tokenizer | None = None,
+        qa_format: str = "direct",
     ) -> None:
         if not isinstance(config, SceneConfig):
             raise TypeError(f"SceneDataset config: expected a SceneConfig, got {type(config)}")
@@ -62,6 +66,10 @@ class SceneDataset:
             raise ValueError(f"SceneDataset task: expected one of {DATASET_TASKS}, got {task!r}")
         if not 0.0 <= qa_fraction <= 1.0:
             raise ValueError(f"SceneDataset qa_fraction: expected 0..1, got {qa_fraction!r}")
+        if qa_format not in QA_FORMATS:
+            raise ValueError(
+                f"SceneDataset qa_format: expected one of {QA_FORMATS}, got {qa_format!r}"
+            )
         scene_rng(split, seed, 0)  # checks the seed
         self.config = config
         self.split = split
@@ -69,6 +77,7 @@ class SceneDataset:
         self.seed = seed
         self.task = task
         self.qa_fraction = qa_fraction
+        self.qa_format = qa_format
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(config)
 
     def __len__(self) -> int:
@@ -100,16 +109,25 @@ class SceneDataset:
                 image, tuple(ids), loss_start, "caption", caption=record.caption, scene=record.scene
             )
         qa = record.qa
-        ids, loss_start = self.tokenizer.qa_sequence(qa.question, qa.answer)
+        untrained = description = None
+        if self.qa_format == "direct":
+            ids, loss_start = self.tokenizer.qa_sequence(qa.question, qa.answer)
+        else:
+            description = caption(record.scene, self.config.language, self.config.attribute_order)
+            ids, loss_start, untrained = self.tokenizer.described_qa_sequence(
+                description, qa.question, qa.answer
+            )
         return Example(
             image,
             tuple(ids),
             loss_start,
             "qa",
+            caption=description,
             question=qa.question,
             answer=qa.answer,
             qa_type=qa.qa_type,
             scene=record.scene,
+            untrained=untrained,
         )
 
     def _checked_index(self, index: int) -> int:

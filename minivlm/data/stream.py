@@ -36,12 +36,20 @@ class TrainingStream:
     task: str = "caption"
     qa_fraction: float = 0.3
     qa_start_step: int = 0
+    qa_format: str = "direct"
     max_len: int | None = None  # longest allowed token sequence, <bos> and <eos> included
 
     def batch(self, step: int) -> Batch:
         task = "caption" if self.task == "mix" and step < self.qa_start_step else self.task
         data = SceneDataset(
-            self.config, "train", STREAM_SIZE, self.seed, task, self.qa_fraction, self.tokenizer
+            self.config,
+            "train",
+            STREAM_SIZE,
+            self.seed,
+            task,
+            self.qa_fraction,
+            self.tokenizer,
+            self.qa_format,
         )
         first = step * self.batch_size
         examples = [data[i] for i in range(first, first + self.batch_size)]

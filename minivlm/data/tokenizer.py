@@ -112,6 +112,18 @@ class Tokenizer:
         prompt = [self.bos_id, self.question_id, *self.encode(question), self.answer_id]
         return [*prompt, *self.encode(answer), self.eos_id], len(prompt)
 
+    def described_qa_sequence(
+        self, description: str, question: str, answer: str
+    ) -> tuple[list[int], int, tuple[int, int]]:
+        """<bos> <caption> description <question> question <answer> answer <eos>: the
+        scene described first, then asked about. Returns the ids, the first trained index
+        (the description's first token) and the untrained span [start, stop) of
+        <question> question <answer>; the answer and <eos> are trained again."""
+        described = [self.bos_id, self.caption_id, *self.encode(description)]
+        asked = [self.question_id, *self.encode(question), self.answer_id]
+        ids = [*described, *asked, *self.encode(answer), self.eos_id]
+        return ids, 2, (len(described), len(described) + len(asked))
+
     def to_dict(self) -> dict:
         return {"format": FORMAT, "kind": self.kind, "tokens": list(self.tokens)}
 

@@ -1,0 +1,117 @@
+"""qa_format "describe": the caption first, then the question (untrained), then the answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minivlm.cli import main
+from minivlm.data import (
+    IGNORE_INDEX,
+    Example,
+    SceneConfig,
+    SceneDataset,
+    caption,
+    collate,
+    render_scene,
+)
+from minivlm.evaluate import EvalConfig
+from minivlm.generate import answer_questions, caption_images, generate, question_prompt
+from minivlm.inference import answer_file, load_checkpoint
+from minivlm.sampling import SamplingConfig
+from minivlm.train import scene_config, train
+from minivlm.train_config import preset
+
+
+@pytest.fixture(scope="module")
+def described():
+    return SceneDataset(SceneConfig(image_size=32), "train", 6, 2, task="qa", qa_format="describe")
+
+
+def test_a_described_question_trains_the_caption_and_the_answer_only(described):
+    tok = described.tokenizer
+    for i in range(len(described)):
+        example = described[i]
+        record = described.record(i)
+        assert example.caption == caption(record.scene)
+        batch = collate([example])
+        targets = batch.targets[0].tolist()
+        words = [tok.tokens[t] if t != IGNORE_INDEX else None for t in targets]
+        n_caption = len(tok.encode(example.caption))
+        n_question = len(tok.encode(example.question))
+        n_answer = len(tok.encode(example.answer))
+        assert words[0] is None  # <caption> is the prompt
+        assert tok.decode(targets[1 : 1 + n_caption]) == example.caption
+        assert words[1 + n_caption : 1 + n_caption + n_question + 2] == [None] * (n_question + 2)
+        answer = targets[1 + n_caption + n_question + 2 :]
+        assert tok.decode(answer[:-1]) == example.answer
+        assert answer[-1] == tok.eos_id and len(answer) == n_answer + 1
+
+
+def test_direct_and_described_questions_ask_the_same_thing(described):
+    direct = SceneDataset(described.config, "train", 6, 2, task="qa")
+    for i in range(len(described)):
+        assert (described[i].question, described[i].answer) == (
+            direct[i].question,
+            direct[i].answer,
+        )
+        assert direct[i].untrained is None and direct[i].caption is None
+
+
+def test_an_untrained_span_must_lie_inside_the_trained_part():
+    image = np.zeros((3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="untrained"):
+        Example(image, (2, 4, 9, 9, 5, 9, 3), 2, "qa", untrained=(1, 4))
+    with pytest.raises(ValueError, match="untrained"):
+        Example(image, (2, 4, 9, 9, 5, 9, 3), 2, "qa", untrained=(4, 7))
+
+
+def test_question_prompt_puts_the_description_first_and_trims_it_to_fit():
+    tok = SceneDataset(SceneConfig(image_size=32), "train", 1).tokenizer
+    description = [*tok.encode("a small red circle in the centre"), tok.eos_id]
+    prompt = question_prompt(tok, "how many objects are there?", description)
+    asked = question_prompt(tok, "how many objects are there?")[1:]
+    assert prompt == [tok.bos_id, tok.caption_id, *description[:-1], *asked]
+    trimmed = question_prompt(tok, "how many objects are there?", description, max_length=12)
+    assert len(trimmed) == 12 and trimmed[-len(asked) :] == asked
+
+
+def test_answering_with_describe_captions_first_then_answers_after_the_caption(tmp_path):
+    trainer = train(
+        preset("tiny", out_dir=str(tmp_path), steps=4, task="mix", qa_format="describe")
+    )
+    data = SceneDataset(scene_config(trainer.config), "iid", 3, 4, task="qa")
+    images = np.stack([data[i].image for i in range(3)])
+    questions = [data[i].question for i in range(3)]
+    model, tok = trainer.model, trainer.tokenizer
+    answers = answer_questions(model, tok, images, questions, describe=True)
+    captions = caption_images(model, tok, images)
+    room = model.config.max_len - 4
+    for b in range(3):
+        prompt = question_prompt(tok, questions[b], captions[b].ids, room)
+        (expected,) = generate(model, tok, images[b : b + 1], [prompt])
+        assert answers[b] == expected.text
+
+
+def test_unknown_qa_format_is_named():
+    with pytest.raises(ValueError, match="qa_format"):
+        preset("tiny", qa_format="chain")
+    with pytest.raises(ValueError, match="qa_format"):
+        EvalConfig(qa_format="chain")
+    with pytest.raises(ValueError, match="qa_format"):
+        SceneDataset(SceneConfig(image_size=32), "train", 1, qa_format="chain")
+
+
+def test_a_describe_checkpoint_answers_by_describing_first(tmp_path, capsys):
+    args = ["train", "--preset", "tiny", "--out-dir", str(tmp_path), "--steps", "3"]
+    assert main([*args, "--task", "mix", "--qa-format", "describe"]) == 0
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.qa_format == "describe"
+    data = SceneDataset(loaded.scenes, "iid", 1, 0, task="qa")
+    image = tmp_path / "scene.png"
+    render_scene(data.record(0).scene, 32).save(image)
+    question = data[0].question
+    answer = answer_file(tmp_path, image, question, SamplingConfig())
+    pixels = np.stack([data[0].image])
+    assert answer == answer_questions(loaded.model, loaded.tokenizer, pixels, [question], True)[0]
+    capsys.readouterr()
