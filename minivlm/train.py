@@ -63,35 +63,41 @@ LOSS_WEIGHTINGS: tuple[str, ...] = ("token", "sequence")
 
 
 def sequence_loss(
-    model: VLM, images, inputs, targets, device: str = "cpu", weighting: str = "token"
+    model: VLM, images, inputs, targets, device: str = "cpu", weights: np.ndarray | None = None
 ) -> Tensor:
-    """Cross-entropy over the target positions that are not IGNORE_INDEX.
-
-    weighting "token": the mean over all trained tokens of the batch. "sequence": the
-    mean over sequences of each one's mean over its tokens, so a one-word answer
-    weighs as much as a twenty-word caption (per token it would be drowned out).
-    """
-    if weighting not in LOSS_WEIGHTINGS:
-        raise ValueError(
-            f"sequence_loss weighting: expected one of {LOSS_WEIGHTINGS}, got {weighting!r}"
-        )
+    """Cross-entropy over the targets (B, T) that are not IGNORE_INDEX: their mean, or
+    with weights (B, T) that sum to 1 over them (see `target_weights`), their weighted sum."""
     logits = model(Tensor(images).to(device), inputs)  # (B, T, V)
     vocab = logits.shape[-1]
     flat_logits = logits.reshape(-1, vocab)  # (B*T, V)
     flat_targets = Tensor(targets.reshape(-1)).to(device).data  # (B*T,)
-    if weighting == "token":
+    if weights is None:
         return F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX)
     per_token = F.cross_entropy(flat_logits, flat_targets, IGNORE_INDEX, reduction="none")
-    weights = Tensor(sequence_weights(targets).astype(per_token.dtype)).to(device)  # (B*T,)
-    return (per_token * weights).sum()
+    flat_weights = Tensor(weights.reshape(-1).astype(per_token.dtype)).to(device)  # (B*T,)
+    return (per_token * flat_weights).sum()
 
 
-def sequence_weights(targets: np.ndarray) -> np.ndarray:
-    """(B*T,) weights: 1 / (n_b * B') on row b's n_b trained tokens, B' rows with any; else 0."""
-    trained = targets != IGNORE_INDEX  # (B, T)
-    counts = trained.sum(axis=1, keepdims=True)  # (B, 1)
-    rows = max(int((counts > 0).sum()), 1)
-    return (trained / np.maximum(counts, 1) / rows).reshape(-1)
+def target_weights(
+    targets: np.ndarray, answers: np.ndarray, weighting: str = "token", answer_weight: float = 1.0
+) -> np.ndarray:
+    """(B, T) weights summing to 1 over the trained targets, 0 elsewhere.
+
+    A trained target weighs 1, an answer's (answers (B, T) True) answer_weight. Then
+    "token" normalises over the whole batch; "sequence" normalises each row and
+    gives the rows equal shares, so a one-word answer weighs as much as a caption.
+    Per token, a batch's few answer words are drowned out by its captions' words.
+    """
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(
+            f"target_weights weighting: expected one of {LOSS_WEIGHTINGS}, got {weighting!r}"
+        )
+    raw = np.where(answers, answer_weight, 1.0) * (targets != IGNORE_INDEX)  # (B, T)
+    if weighting == "token":
+        return raw / max(raw.sum(), np.finfo(np.float64).tiny)
+    per_row = raw.sum(axis=1, keepdims=True)  # (B, 1)
+    rows = max(int((per_row > 0).sum()), 1)
+    return raw / np.maximum(per_row, np.finfo(np.float64).tiny) / rows
 
 
 class AttributeCorruption:
@@ -168,9 +174,8 @@ class Trainer:
         self.model.train()
         inputs = corruption(batch.inputs, batch.targets, self.step)
         c = self.config
-        loss = sequence_loss(
-            self.model, batch.images, inputs, batch.targets, c.device, c.loss_weighting
-        )
+        weights = target_weights(batch.targets, batch.answers, c.loss_weighting, c.answer_weight)
+        loss = sequence_loss(self.model, batch.images, inputs, batch.targets, c.device, weights)
         self.optimizer.zero_grad()
         loss.backward()
         clip_grad_norm_(self.model.parameters(), self.config.grad_clip)

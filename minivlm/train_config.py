@@ -29,7 +29,8 @@ class TrainConfig:
     corrupt_attributes: float = (
         0.0  # chance that a colour/shape word in the decoder's input is replaced
     )
-    loss_weighting: str = "token"  # "token" or "sequence" (see minivlm.train.sequence_loss)
+    loss_weighting: str = "token"  # "token" or "sequence" (see minivlm.train.target_weights)
+    answer_weight: float = 1.0  # an answer token's weight in the loss, a caption token's is 1
     # model (see minivlm.models.VLMConfig)
     patch_size: int = 8
     d_model: int = 128
@@ -72,6 +73,7 @@ class TrainConfig:
                 self.loss_weighting in ("token", "sequence"),
                 "'token' or 'sequence'",
             ),
+            ("answer_weight", self.answer_weight > 0, "positive"),
             ("corrupt_attributes", 0.0 <= self.corrupt_attributes < 1.0, "a number in [0, 1)"),
             ("steps", self.steps >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 1, "at least 1"),

@@ -46,6 +46,9 @@ def test_a_described_question_trains_the_caption_and_the_answer_only(described):
         answer = targets[1 + n_caption + n_question + 2 :]
         assert tok.decode(answer[:-1]) == example.answer
         assert answer[-1] == tok.eos_id and len(answer) == n_answer + 1
+        assert np.flatnonzero(batch.answers[0]).tolist() == list(
+            range(len(targets) - n_answer - 1, len(targets))
+        )
 
 
 def test_direct_and_described_questions_ask_the_same_thing(described):

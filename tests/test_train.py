@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from minivlm.data import Example, collate
-from minivlm.train import AttributeCorruption, Trainer, sequence_loss, sequence_weights, train
+from minivlm.train import AttributeCorruption, Trainer, sequence_loss, target_weights, train
 from minivlm.train_checkpoint import latest_checkpoint
 from minivlm.train_config import TrainConfig, preset
 
@@ -139,32 +139,52 @@ def _caption_example(tok, text):
     return Example(np.zeros((3, 4, 4), np.float32), tuple(ids), loss_start, "caption")
 
 
-def test_sequence_weights_give_each_row_with_targets_an_equal_share():
-    targets = np.array([[5, 6, -100, -100], [-100, -100, -100, 7], [-100] * 4])
-    weights = sequence_weights(targets).reshape(3, 4)
-    np.testing.assert_allclose(weights, [[0.25, 0.25, 0, 0], [0, 0, 0, 0.5], [0, 0, 0, 0]])
+def test_target_weights_per_token_and_per_sequence_with_heavier_answers():
+    targets = np.array([[5, 6, -100, -100], [-100, -100, 7, 8], [-100] * 4])
+    answers = np.array([[0, 0, 0, 0], [0, 0, 1, 1], [0, 0, 0, 0]], dtype=bool)
+    token = target_weights(targets, answers, "token", answer_weight=3.0)
+    np.testing.assert_allclose(token, np.array([[1, 1, 0, 0], [0, 0, 3, 3], [0] * 4]) / 8)
+    sequence = target_weights(targets, answers, "sequence", answer_weight=3.0)
+    np.testing.assert_allclose(sequence, [[0.25, 0.25, 0, 0], [0, 0, 0.25, 0.25], [0] * 4])
 
 
-def test_sequence_weighted_loss_is_the_mean_of_each_rows_token_mean():
+def test_weighted_loss_per_sequence_is_the_mean_of_each_rows_token_mean():
     trainer = Trainer.create(preset("tiny", task="mix", qa_fraction=0.5))
     batch = trainer.batch(0)
     model = trainer.model.eval()
-    whole = sequence_loss(model, batch.images, batch.inputs, batch.targets, weighting="sequence")
+    args = (model, batch.images, batch.inputs, batch.targets)
+    weights = target_weights(batch.targets, batch.answers, "sequence")
+    whole = sequence_loss(*args, weights=weights)
     rows = [
-        sequence_loss(
-            model, batch.images[b : b + 1], batch.inputs[b : b + 1], batch.targets[b : b + 1]
-        )
+        sequence_loss(model, *(x[b : b + 1] for x in args[1:])).item()
         for b in range(len(batch.inputs))
     ]
-    np.testing.assert_allclose(whole.item(), np.mean([r.item() for r in rows]), rtol=1e-5)
-    token = sequence_loss(model, batch.images, batch.inputs, batch.targets, weighting="token")
-    assert abs(token.item() - whole.item()) > 1e-6  # rows of different lengths: not the same
+    np.testing.assert_allclose(whole.item(), np.mean(rows), rtol=1e-5)
+    plain = sequence_loss(*args).item()
+    uniform = target_weights(batch.targets, batch.answers, "token")
+    np.testing.assert_allclose(sequence_loss(*args, weights=uniform).item(), plain, rtol=1e-5)
+    assert abs(plain - whole.item()) > 1e-6  # rows of different lengths: not the same
+
+
+def test_answers_mark_the_answer_words_and_eos_of_question_rows_only():
+    trainer = Trainer.create(preset("tiny", task="mix", qa_fraction=0.5))
+    batch = trainer.batch(0)
+    ignored = batch.targets == -100
+    for row in range(len(batch.inputs)):
+        marked = np.flatnonzero(batch.answers[row])
+        if marked.size == 0:  # a caption
+            continue
+        assert not ignored[row, marked].any()
+        assert ignored[row, : marked[0]].all()  # before the answer: the question
+        assert batch.targets[row, marked[-1]] == trainer.tokenizer.eos_id
+    assert batch.answers.any() and not batch.answers.all(axis=1).any()
 
 
 def test_unknown_loss_weighting_is_named():
     with pytest.raises(ValueError, match="loss_weighting"):
         preset("tiny", loss_weighting="word")
-    trainer = Trainer.create(preset("tiny"))
-    batch = trainer.batch(0)
+    with pytest.raises(ValueError, match="answer_weight"):
+        preset("tiny", answer_weight=0.0)
+    targets = np.zeros((1, 2), dtype=np.int64)
     with pytest.raises(ValueError, match="weighting.*'word'"):
-        sequence_loss(trainer.model, batch.images, batch.inputs, batch.targets, weighting="word")
+        target_weights(targets, targets > 0, "word")

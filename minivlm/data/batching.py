@@ -62,6 +62,7 @@ class Batch:
     inputs: np.ndarray  # (B, T) int64: ids[:-1], padded with pad_id
     targets: np.ndarray  # (B, T) int64: ids[1:], IGNORE_INDEX at padding and prompt
     lengths: np.ndarray  # (B,) int64: real (unpadded) positions of each row
+    answers: np.ndarray  # (B, T) bool: targets that answer a question (answer words, <eos>)
 
 
 def image_to_array(image: Image.Image, image_size: int) -> np.ndarray:
@@ -133,6 +134,7 @@ def collate(examples: Sequence[Example], pad_id: int = 0, max_len: int | None = 
     inputs = np.full((len(examples), width), pad_id, dtype=np.int64)  # (B, T)
     targets = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)  # (B, T)
     lengths = np.zeros(len(examples), dtype=np.int64)  # (B,)
+    answers = np.zeros((len(examples), width), dtype=bool)  # (B, T)
     for row, example in enumerate(examples):
         ids = np.asarray(example.ids, dtype=np.int64)
         n = len(ids) - 1
@@ -142,6 +144,9 @@ def collate(examples: Sequence[Example], pad_id: int = 0, max_len: int | None = 
         if example.untrained is not None:
             start, stop = example.untrained
             targets[row, start - 1 : stop - 1] = IGNORE_INDEX
+        if example.task == "qa":
+            answer_start = example.loss_start if example.untrained is None else example.untrained[1]
+            answers[row, answer_start - 1 : n] = True
         lengths[row] = n
     images = np.stack([example.image for example in examples]).astype(np.float32, copy=False)
-    return Batch(images, inputs, targets, lengths)
+    return Batch(images, inputs, targets, lengths, answers)
