@@ -24,15 +24,17 @@ CROSS_ARM_RATIO = 0.38  # half the arm thickness / the half-extent of the cross
 def render_scene(scene: Scene, image_size: int = 64) -> Image.Image:
     """The scene as an RGB image of image_size x image_size pixels."""
     _check_image_size(image_size)
-    noise = np.random.default_rng(scene.noise_seed).normal(
-        0.0, scene.noise, size=(image_size, image_size, 3)
-    )
-    pixels = scene.background + noise  # (S, S, 3) float64, 0..255 before clipping
+    rng = np.random.default_rng(scene.noise_seed)
+    pixels = rng.standard_normal((image_size, image_size, 3), dtype=np.float32)  # (S, S, 3)
+    pixels *= scene.noise
+    pixels += scene.background  # 0..255 before clipping
     for obj, alpha in zip(scene.objects, object_coverage(scene, image_size), strict=True):
-        colour = np.array(COLOUR_RGB[obj.colour], dtype=np.float64)  # (3,)
+        colour = np.array(COLOUR_RGB[obj.colour], dtype=np.float32)  # (3,)
         alpha = alpha[:, :, None]  # (S, S, 1)
-        pixels = pixels * (1.0 - alpha) + colour * alpha
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+        pixels += alpha * (colour - pixels)  # = pixels (1 - alpha) + colour alpha
+    np.rint(pixels, out=pixels)
+    np.clip(pixels, 0, 255, out=pixels)
+    return Image.fromarray(pixels.astype(np.uint8), "RGB")
 
 
 def object_masks(scene: Scene, image_size: int = 64) -> np.ndarray:
