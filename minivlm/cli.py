@@ -130,7 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     caption.set_defaults(handler=_caption)
 
-    ask = commands.add_parser("ask", help="answer a question about an image")
+    ask = commands.add_parser(
+        "ask",
+        help="answer a question about an image (a model trained with --qa-format describe "
+        "captions the image first, then answers)",
+    )
     ask.add_argument("image", type=Path)
     ask.add_argument("question")
     _add_sampling_arguments(ask)
