@@ -7,7 +7,10 @@ shape pairs that training never showed):
                            with the true images, in nats per token: what the image tells
   captions                 greedy captions: exact match, per-attribute accuracy, and
                            held-out pair naming (both colour and shape right)
-  VQA                      accuracy per question type next to the majority answer
+  VQA                      accuracy per question type next to the majority answer;
+                           with qa_format "describe" also the accuracy when the true
+                           caption replaces the model's own (teacher forced): it
+                           separates describing the scene from answering about it
   pointing                 for each colour or shape word of a caption, the share of
                            cross-attention (mean over heads and blocks, at the position
                            that predicts the word) on that object's patches, vs chance
@@ -56,9 +59,10 @@ class EvalConfig:
 
 
 def evaluate(
-    model: VLM, tokenizer: Tokenizer, scenes: SceneConfig, config: EvalConfig = EvalConfig()
+    model: VLM, tokenizer: Tokenizer, scenes: SceneConfig, config: EvalConfig | None = None
 ) -> dict:
     """Every metric above, per split, as a flat dict of floats: {"iid/exact_match": ...}."""
+    config = config or EvalConfig()
     results = {}
     training_answers = _training_answers(scenes, tokenizer, config)
     for split in SPLITS:
@@ -72,7 +76,13 @@ def evaluate(
             }
         )
         questions = SceneDataset(
-            scenes, split, config.questions, config.seed, task="qa", tokenizer=tokenizer
+            scenes,
+            split,
+            config.questions,
+            config.seed,
+            task="qa",
+            tokenizer=tokenizer,
+            qa_format=config.qa_format,
         )
         results.update(
             {
@@ -192,11 +202,29 @@ def _qa_metrics(
         "vqa_accuracy": scores.accuracy(),
         "vqa_majority_baseline": scores.majority_baseline(training_answers),
     }
+    if config.qa_format == "describe":
+        metrics["vqa_given_true_caption"] = _teacher_forced_answer_accuracy(
+            model, dataset, config
+        )
     for qa_type in QA_TYPES:
         if scores.total[qa_type]:
             metrics[f"vqa_{qa_type}_accuracy"] = scores.accuracy(qa_type)
             metrics[f"vqa_{qa_type}_baseline"] = scores.majority_baseline(training_answers, qa_type)
     return metrics
+
+
+def _teacher_forced_answer_accuracy(model, dataset: SceneDataset, config: EvalConfig) -> float:
+    """Share of questions whose answer words are all the argmax after the true prompt."""
+    right = 0
+    with no_grad():
+        for examples in _batches(dataset, config.batch_size):
+            batch = collate(examples)
+            logits = model(Tensor(batch.images).to(config.device), batch.inputs)  # (B, T, V)
+            predicted = logits.numpy().argmax(axis=-1)  # (B, T)
+            words = batch.answers & (batch.targets != dataset.tokenizer.eos_id)  # (B, T)
+            wrong = words & (predicted != batch.targets)
+            right += int((~wrong.any(axis=1)).sum())
+    return right / max(len(dataset), 1)
 
 
 def format_table(results: dict) -> str:
@@ -233,6 +261,7 @@ _ORDER = [
     "pointing_chance",
     "vqa_accuracy",
     "vqa_majority_baseline",
+    "vqa_given_true_caption",
 ]
 
 

@@ -118,3 +118,28 @@ def test_a_describe_checkpoint_answers_by_describing_first(tmp_path, capsys):
     pixels = np.stack([data[0].image])
     assert answer == answer_questions(loaded.model, loaded.tokenizer, pixels, [question], True)[0]
     capsys.readouterr()
+
+
+class _ShiftModel:
+    """Predicts each next input token (the truth, given teacher forcing), shifted by `offset`
+    in the rows `wrong_rows` of every batch."""
+
+    def __init__(self, vocab: int, offset: int = 0, wrong_rows=()):
+        self.vocab, self.offset, self.wrong_rows = vocab, offset, list(wrong_rows)
+
+    def __call__(self, images, inputs):
+        from minivlm.autograd import Tensor
+
+        following = np.roll(inputs, -1, axis=1)  # (B, T): input t + 1 = target t
+        rows = [r for r in self.wrong_rows if r < len(inputs)]
+        following[rows] = (following[rows] + self.offset) % self.vocab
+        return Tensor(np.eye(self.vocab, dtype=np.float32)[following])  # (B, T, V)
+
+
+def test_accuracy_given_the_true_caption_counts_rows_with_every_answer_word_right(described):
+    from minivlm.evaluate import _teacher_forced_answer_accuracy
+
+    vocab, config = described.tokenizer.vocab_size, EvalConfig(batch_size=4)
+    assert _teacher_forced_answer_accuracy(_ShiftModel(vocab), described, config) == 1.0
+    wrong = _ShiftModel(vocab, offset=1, wrong_rows=[0, 2])  # batches of 4 and 2: 3 rows wrong
+    assert _teacher_forced_answer_accuracy(wrong, described, config) == 3 / 6
