@@ -97,8 +97,9 @@ def _add_benchmarks(bench: argparse.ArgumentParser) -> None:
 
 def _no_benchmarks(checkout: Path) -> int:
     print(
-        f"minivlm bench: the benchmarks ship with a checkout of the repository, not with the wheel "
-        f"(no benchmarks/ beside {checkout / 'minivlm'}); clone the repository and pip install -e it"
+        "minivlm bench: the benchmarks ship with a checkout of the repository, not with the "
+        f"wheel (no benchmarks/ beside {checkout / 'minivlm'}); clone the repository and "
+        "pip install -e it"
     )
     return 2
 

@@ -26,13 +26,15 @@ def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict
     out = Path(config.out_dir)
     started = time.perf_counter()
     _say(
-        f"minivlm demo: training a {config.d_model}-wide VLM ({config.fusion} fusion) for {config.steps} steps "
-        f"of {config.batch_size} procedural scenes on {config.device}; output in {out}/"
+        f"minivlm demo: training a {config.d_model}-wide VLM ({config.fusion} fusion) for "
+        f"{config.steps} steps of {config.batch_size} procedural scenes on {config.device}; "
+        f"output in {out}/"
     )
     trainer = train(config)
     trained = time.perf_counter()
     _say(
-        f"trained in {trained - started:.0f} s; evaluating on fresh scenes (iid and held-out colour-shape pairs)"
+        f"trained in {trained - started:.0f} s; evaluating on fresh scenes "
+        "(iid and held-out colour-shape pairs)"
     )
     eval_config = eval_config or EvalConfig(device=config.device, qa_format=config.qa_format)
     results = evaluate(trainer.model, trainer.tokenizer, scene_config(config), eval_config)
@@ -48,7 +50,8 @@ def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict
     }
     atomic_write_bytes(out / "metrics.json", json.dumps(summary, indent=1).encode())
     _say(
-        f"demo finished in {summary['total_seconds']:.0f} s; pictures: {', '.join(p.name for p in pictures)}"
+        f"demo finished in {summary['total_seconds']:.0f} s; "
+        f"pictures: {', '.join(p.name for p in pictures)}"
     )
     return summary
 

@@ -58,7 +58,7 @@ def generate(
     tokenizer: Tokenizer,
     images: np.ndarray,
     prompts: list[list[int]],
-    sampling: SamplingConfig = SamplingConfig(),
+    sampling: SamplingConfig | None = None,  # None: greedy
     max_new_tokens: int | None = None,
     seed: int = 0,
     use_cache: bool = True,
@@ -74,6 +74,7 @@ def generate(
             f"generate: expected one prompt per image ({len(images)}), all of one length; "
             f"got {len(prompts)} prompts of lengths {sorted({len(p) for p in prompts})}"
         )
+    sampling = sampling or SamplingConfig()
     c = model.config
     prompt = np.array(prompts, dtype=np.int64)  # (B, P)
     limit = c.max_len - prompt.shape[1]
@@ -103,7 +104,7 @@ def generate(
         _finish(
             tokenizer,
             new_ids[b],
-            [l[b] for l in step_logits] if keep_logits else [],
+            [logits[b] for logits in step_logits] if keep_logits else [],
             np.stack([a[b] for a in step_attention]) if return_attention else None,
         )
         for b in range(len(prompt))
