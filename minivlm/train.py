@@ -109,11 +109,8 @@ class AttributeCorruption:
     a question's words are the task itself, and changing them would change its answer.
     """
 
-    def __init__(
-        self, tokenizer: Tokenizer, words_by_kind: dict[str, list[str]], rate: float, seed: int
-    ):
+    def __init__(self, tokenizer: Tokenizer, words_by_kind: dict[str, list[str]], rate: float):
         self.rate = rate
-        self.rng = np.random.default_rng([seed, 7])
         self.groups = [
             np.array([tokenizer.ids[w] for w in words if w in tokenizer.ids])
             for words in words_by_kind.values()
@@ -123,7 +120,7 @@ class AttributeCorruption:
         """inputs, targets: (B, T) as from `collate`; returns a corrupted copy of inputs."""
         if self.rate == 0.0:
             return inputs
-        rng = np.random.default_rng([step, 7])  # a function of the step: resumes exactly
+        rng = np.random.default_rng([step, 7])  # a function of the step only: resumes exactly
         generated = np.zeros(inputs.shape, dtype=bool)  # (B, T): input t was target t-1
         generated[:, 1:] = targets[:, :-1] != IGNORE_INDEX
         corrupted = inputs.copy()
@@ -233,7 +230,7 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     if resume:
         load_training_state(out, trainer)
     corruption = AttributeCorruption(
-        trainer.tokenizer, _attribute_words(trainer), config.corrupt_attributes, config.seed
+        trainer.tokenizer, _attribute_words(trainer), config.corrupt_attributes
     )
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     log = open(out / "log.jsonl", "a" if resume else "w")

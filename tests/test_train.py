@@ -108,7 +108,7 @@ def test_attribute_corruption_changes_only_attribute_words_and_is_a_function_of_
     trainer = Trainer.create(preset("tiny"))
     tok = trainer.tokenizer
     words = {"colour": ["red", "blue", "green"], "shape": ["circle", "square"]}
-    corrupt = AttributeCorruption(tok, words, rate=0.9, seed=0)
+    corrupt = AttributeCorruption(tok, words, rate=0.9)
     batch = collate(
         [_caption_example(tok, "a small red circle at the top left and a large blue square")] * 4
     )
@@ -125,7 +125,7 @@ def test_attribute_corruption_changes_only_attribute_words_and_is_a_function_of_
 def test_attribute_corruption_never_touches_a_question():
     trainer = Trainer.create(preset("tiny"))
     tok = trainer.tokenizer
-    corrupt = AttributeCorruption(tok, {"colour": ["red", "blue"]}, rate=0.99, seed=0)
+    corrupt = AttributeCorruption(tok, {"colour": ["red", "blue"]}, rate=0.99)
     ids, loss_start = tok.qa_sequence("what shape is the red object ?", "red")
     batch = collate([Example(np.zeros((3, 4, 4), np.float32), tuple(ids), loss_start, "qa")] * 8)
     out = corrupt(batch.inputs, batch.targets, step=0)
