@@ -53,7 +53,8 @@ def run_op_table(names: list[str], device: str = "cpu") -> int:
     for name, report in failed:
         print(f"\n{name} failed:\n{report}")
     print(
-        f"\n{len(cases) - len(failed)} passed, {len(failed)} failed ({device}, float64, central differences)"
+        f"\n{len(cases) - len(failed)} passed, {len(failed)} failed "
+        f"({device}, float64, central differences)"
     )
     return 1 if failed else 0
 

@@ -74,6 +74,11 @@ def _attention(causal=False, lq=5, lk=5, lengths=None, impl="naive", mask=False,
     return build
 
 
+def _embedding(rng, dev):
+    ids = _ids(rng, dev, 6, 2, 5)  # (2, 5) rows of a (6, 3) table
+    return (lambda w: F.embedding(ids, w)), [_t(rng, dev, 6, 3)]
+
+
 def _dropout(rng, dev):
     def fn(x):
         random.manual_seed(7)  # the same mask on every evaluation
@@ -153,10 +158,7 @@ CASES = [
     OpCase(
         "embedding",
         ("Embedding",),
-        lambda rng, dev: (
-            lambda w, ids=_ids(rng, dev, 6, 2, 5): F.embedding(ids, w),
-            [_t(rng, dev, 6, 3)],
-        ),
+        _embedding,
     ),
     OpCase("dropout", ("Dropout",), _dropout),
     OpCase("layer_norm", ("LayerNorm",), _layer_norm(affine=True)),

@@ -31,7 +31,7 @@ from .data.stream import TrainingStream, stream_batches
 from .models import VLM, VLMConfig
 from .optim import AdamW, WarmupCosine, clip_grad_norm_
 from .train_checkpoint import load_training_state, save_training_checkpoint
-from .train_config import TrainConfig
+from .train_config import LOSS_WEIGHTINGS, TrainConfig
 
 
 def scene_config(config: TrainConfig) -> SceneConfig:
@@ -57,9 +57,6 @@ def model_config(config: TrainConfig, vocab_size: int) -> VLMConfig:
         fusion=config.fusion,
         norm=config.norm,
     )
-
-
-LOSS_WEIGHTINGS: tuple[str, ...] = ("token", "sequence")
 
 
 def sequence_loss(

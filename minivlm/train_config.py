@@ -14,6 +14,8 @@ from pathlib import Path
 
 from .data.scene_dataset import QA_FORMATS
 
+LOSS_WEIGHTINGS: tuple[str, ...] = ("token", "sequence")  # see minivlm.train.target_weights
+
 
 @dataclass
 class TrainConfig:
@@ -68,11 +70,7 @@ class TrainConfig:
             ("qa_fraction", 0.0 <= self.qa_fraction <= 1.0, "a number in [0, 1]"),
             ("qa_format", self.qa_format in QA_FORMATS, f"one of {QA_FORMATS}"),
             ("qa_start", 0.0 <= self.qa_start < 1.0, "a number in [0, 1)"),
-            (
-                "loss_weighting",
-                self.loss_weighting in ("token", "sequence"),
-                "'token' or 'sequence'",
-            ),
+            ("loss_weighting", self.loss_weighting in LOSS_WEIGHTINGS, f"one of {LOSS_WEIGHTINGS}"),
             ("answer_weight", self.answer_weight > 0, "positive"),
             ("corrupt_attributes", 0.0 <= self.corrupt_attributes < 1.0, "a number in [0, 1)"),
             ("steps", self.steps >= 1, "at least 1"),
