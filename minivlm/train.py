@@ -56,6 +56,7 @@ def model_config(config: TrainConfig, vocab_size: int) -> VLMConfig:
         vocab_size=vocab_size,
         fusion=config.fusion,
         norm=config.norm,
+        token_lags=config.token_lags,
     )
 
 
@@ -102,8 +103,10 @@ class AttributeCorruption:
 
     The targets keep the true words, so after a corrupted colour the model cannot lean
     on "red is usually a square": the shape must come from the image. Only words the
-    model was trained to produce are touched (input t where target t-1 is trained):
-    a question's words are the task itself, and changing them would change its answer.
+    model was trained to produce are touched (input t where target t-1 is trained),
+    and only in caption rows: a question's words are the task itself, and in a
+    described question (`qa_format="describe"`) the caption is the evidence the
+    answer is read from; corrupting either would make the answer contradict its input.
     """
 
     def __init__(self, tokenizer: Tokenizer, words_by_kind: dict[str, list[str]], rate: float):
@@ -113,13 +116,16 @@ class AttributeCorruption:
             for words in words_by_kind.values()
         ]
 
-    def __call__(self, inputs: np.ndarray, targets: np.ndarray, step: int) -> np.ndarray:
-        """inputs, targets: (B, T) as from `collate`; returns a corrupted copy of inputs."""
+    def __call__(
+        self, inputs: np.ndarray, targets: np.ndarray, answers: np.ndarray, step: int
+    ) -> np.ndarray:
+        """inputs, targets, answers: (B, T) as from `collate`; a corrupted copy of inputs."""
         if self.rate == 0.0:
             return inputs
         rng = np.random.default_rng([step, 7])  # a function of the step only: resumes exactly
         generated = np.zeros(inputs.shape, dtype=bool)  # (B, T): input t was target t-1
         generated[:, 1:] = targets[:, :-1] != IGNORE_INDEX
+        generated &= ~answers.any(axis=1, keepdims=True)  # question rows stay as they are
         corrupted = inputs.copy()
         for ids in self.groups:
             hit = generated & np.isin(inputs, ids) & (rng.random(inputs.shape) < self.rate)
@@ -166,7 +172,7 @@ class Trainer:
 
     def train_step(self, batch, corruption: AttributeCorruption) -> float:
         self.model.train()
-        inputs = corruption(batch.inputs, batch.targets, self.step)
+        inputs = corruption(batch.inputs, batch.targets, batch.answers, self.step)
         c = self.config
         weights = target_weights(batch.targets, batch.answers, c.loss_weighting, c.answer_weight)
         loss = sequence_loss(self.model, batch.images, inputs, batch.targets, c.device, weights)

@@ -43,6 +43,7 @@ class TrainConfig:
     max_len: int = 64
     fusion: str = "cross"
     norm: str = "post"
+    token_lags: int = 0  # each text position also embeds the tokens this far before it
     # optimisation
     steps: int = 1000
     batch_size: int = 64
@@ -73,6 +74,7 @@ class TrainConfig:
             ("loss_weighting", self.loss_weighting in LOSS_WEIGHTINGS, f"one of {LOSS_WEIGHTINGS}"),
             ("answer_weight", self.answer_weight > 0, "positive"),
             ("corrupt_attributes", 0.0 <= self.corrupt_attributes < 1.0, "a number in [0, 1)"),
+            ("token_lags", 0 <= self.token_lags < self.max_len, "an int in [0, max_len)"),
             ("steps", self.steps >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("lr", self.lr > 0, "positive"),

@@ -160,6 +160,50 @@ def test_cached_decoding_step_by_step_equals_the_full_forward(fusion):
     )
 
 
+def test_loss_gradient_with_lagged_token_embeddings_matches_finite_differences():
+    report = model_gradcheck("cross", token_lags=2, directions=2, samples=1)
+    assert report.passed, str(report)
+    assert any(name.startswith("lag_embeddings.1.") for name in report.names)
+
+
+def test_lagged_embeddings_add_the_previous_tokens_rows():
+    model = tiny_model("cross", token_lags=2)
+    ids = np.array([[3, 1, 4, 1, 5]])
+    got = model.lagged_embeddings(ids, None, 0).data  # (1, 5, d)
+    first, second = (table.weight.data for table in model.lag_embeddings)
+    none = model.config.vocab_size  # the row for "before the first token"
+    lag1 = first[[none, 3, 1, 4, 1]]  # token t-1 at each position t
+    lag2 = second[[none, none, 3, 1, 4]]  # token t-2
+    np.testing.assert_allclose(got[0], lag1 + lag2, rtol=1e-12)
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_cached_decoding_with_lagged_embeddings_equals_the_full_forward(fusion):
+    model = tiny_model(fusion, seed=2, token_lags=3)
+    images, tokens = tiny_batch(model, seed=2)
+    with no_grad():
+        full = model(images, tokens).data
+        cache = model.new_cache()
+        steps = [model.decode(tokens[:, :2], model.encode_images(images), cache=cache)]
+        steps += [model.decode(tokens[:, t : t + 1], None, cache=cache) for t in range(2, 8)]
+    np.testing.assert_allclose(
+        np.concatenate([s.data for s in steps], axis=1), full, rtol=1e-10, atol=1e-12
+    )
+
+
+def test_lagged_embeddings_refuse_a_start_without_a_cache():
+    model = tiny_model("cross", token_lags=1)
+    images, tokens = tiny_batch(model)
+    with pytest.raises(ValueError, match="start: got 3 without a cache"):
+        model.decode(tokens[:, 3:5], model.encode_images(images), start=3)
+
+
+@pytest.mark.parametrize("lags", [-1, 8, 1.5, True])
+def test_token_lags_outside_the_text_length_is_refused(lags):
+    with pytest.raises(ValueError, match=f"token_lags must be .*got {lags!r}"):
+        tiny_config(token_lags=lags)
+
+
 def test_decoding_with_an_explicit_start_position():
     model = tiny_model("cross")
     images, tokens = tiny_batch(model)

@@ -107,6 +107,9 @@ class TorchVLM(tnn.Module):
             self.image_projection = tnn.Linear(c.d_model, c.d_model)
         self.token_embedding = tnn.Embedding(c.vocab_size, c.d_model)
         self.position_embedding = tnn.Embedding(c.max_len, c.d_model)
+        self.lag_embeddings = tnn.ModuleList(
+            tnn.Embedding(c.vocab_size + 1, c.d_model) for _ in range(c.token_lags)
+        )
         self.vlm_blocks = tnn.ModuleList(TorchVLMBlock(c) for _ in range(c.n_blocks))
         if c.norm == "pre":
             self.final_norm = tnn.LayerNorm(c.d_model)
@@ -115,6 +118,9 @@ class TorchVLM(tnn.Module):
     def forward(self, images, tokens):
         image = self.vision_encoder(images)
         x = self.token_embedding(tokens) + self.position_embedding(torch.arange(tokens.shape[1]))
+        for lag, table in enumerate(self.lag_embeddings, start=1):  # token t-lag, or "none"
+            earlier = tnn.functional.pad(tokens, (lag, 0), value=self.config.vocab_size)
+            x = x + table(earlier[:, : tokens.shape[1]])
         if self.config.fusion == "prefix":
             x = torch.cat([self.image_projection(image), x], dim=1)
         for block in self.vlm_blocks:
@@ -157,7 +163,7 @@ def compare_gradients(ours: nn.Module, theirs, prefix=""):
         )
 
 
-def tiny(fusion="cross", norm="post"):
+def tiny(fusion="cross", norm="post", token_lags=0):
     return VLMConfig(
         image_size=8,
         patch_size=4,
@@ -170,6 +176,7 @@ def tiny(fusion="cross", norm="post"):
         max_len=6,
         fusion=fusion,
         norm=norm,
+        token_lags=token_lags,
     )
 
 
@@ -241,10 +248,17 @@ def test_multi_head_attention_matches_pytorch_with_padding_and_weights():
 
 
 @pytest.mark.parametrize(
-    "fusion,norm", [("cross", "post"), ("gated", "post"), ("prefix", "post"), ("cross", "pre")]
+    "fusion,norm,lags",
+    [
+        ("cross", "post", 0),
+        ("gated", "post", 0),
+        ("prefix", "post", 0),
+        ("cross", "pre", 0),
+        ("prefix", "post", 2),
+    ],
 )
-def test_vlm_matches_pytorch_twin_with_weights_loaded_both_ways(fusion, norm):
-    config = tiny(fusion, norm)
+def test_vlm_matches_pytorch_twin_with_weights_loaded_both_ways(fusion, norm, lags):
+    config = tiny(fusion, norm, lags)
     random.manual_seed(0)
     ours = VLM(config).to(dtype=np.float64).eval()
     gates_away_from_zero(ours)

@@ -113,25 +113,35 @@ def test_attribute_corruption_changes_only_attribute_words_and_is_a_function_of_
         [_caption_example(tok, "a small red circle at the top left and a large blue square")] * 4
     )
     inputs = batch.inputs
-    out = corrupt(inputs, batch.targets, step=3)
+    out = corrupt(inputs, batch.targets, batch.answers, step=3)
     attribute_ids = {tok.ids[w] for ws in words.values() for w in ws}
     changed = out != inputs
     assert changed.any()
     assert all(int(i) in attribute_ids for i in inputs[changed])
     assert all(int(i) in attribute_ids for i in out[changed])
-    np.testing.assert_array_equal(out, corrupt(inputs, batch.targets, step=3))
+    np.testing.assert_array_equal(out, corrupt(inputs, batch.targets, batch.answers, step=3))
 
 
-def test_attribute_corruption_never_touches_a_question():
+def test_attribute_corruption_never_touches_a_question_row():
+    """Neither the question nor, in a described question, the caption the answer is read
+    from: only caption rows are corrupted."""
     trainer = Trainer.create(preset("tiny"))
     tok = trainer.tokenizer
     corrupt = AttributeCorruption(tok, {"colour": ["red", "blue"]}, rate=0.99)
+    image = np.zeros((3, 4, 4), np.float32)
     ids, loss_start = tok.qa_sequence("what shape is the red object ?", "red")
-    batch = collate([Example(np.zeros((3, 4, 4), np.float32), tuple(ids), loss_start, "qa")] * 8)
-    out = corrupt(batch.inputs, batch.targets, step=0)
-    prompt = slice(0, loss_start)  # <bos> <question> question <answer>
-    np.testing.assert_array_equal(out[:, prompt], batch.inputs[:, prompt])
-    assert (out[:, loss_start] != batch.inputs[:, loss_start]).any()  # the answer word may change
+    direct = Example(image, tuple(ids), loss_start, "qa")
+    ids, loss_start, untrained = tok.described_qa_sequence(
+        "a small red circle and a large blue square", "what colour is the circle ?", "red"
+    )
+    described = Example(image, tuple(ids), loss_start, "qa", untrained=untrained)
+    caption = _caption_example(tok, "a small red circle and a large blue square")
+    batch = collate([direct, described, caption] * 4)
+    out = corrupt(batch.inputs, batch.targets, batch.answers, step=0)
+    question_rows = batch.answers.any(axis=1)
+    assert question_rows.sum() == 8
+    np.testing.assert_array_equal(out[question_rows], batch.inputs[question_rows])
+    assert (out[~question_rows] != batch.inputs[~question_rows]).any()
 
 
 def _caption_example(tok, text):

@@ -42,6 +42,9 @@ class VLMConfig:
     max_len: int = 64  # most text positions
     fusion: str = "cross"
     norm: str = "post"
+    # each text position also embeds the token_lags tokens before it, one learned table
+    # per lag (see VLM.lagged_embeddings); 0: token and position embeddings only
+    token_lags: int = 0
 
     def __post_init__(self):
         for name in COUNTS:
@@ -66,6 +69,12 @@ class VLMConfig:
             raise ValueError(f"VLMConfig: fusion must be one of {FUSIONS}, got {self.fusion!r}")
         if self.norm not in NORMS:
             raise ValueError(f"VLMConfig: norm must be one of {NORMS}, got {self.norm!r}")
+        lags = self.token_lags
+        if not isinstance(lags, int) or isinstance(lags, bool) or not 0 <= lags < self.max_len:
+            raise ValueError(
+                f"VLMConfig: token_lags must be an integer in [0, max_len={self.max_len}), "
+                f"got {lags!r}"
+            )
 
     @property
     def n_patches(self) -> int:
@@ -110,7 +119,7 @@ class VLMConfig:
         ).replace(**changes)
 
 
-def tiny_config(fusion: str = "cross", norm: str = "post") -> VLMConfig:
+def tiny_config(fusion: str = "cross", norm: str = "post", token_lags: int = 0) -> VLMConfig:
     """A model small enough for finite differences: 8x8 images in 4 patches, width 8."""
     return VLMConfig(
         image_size=8,
@@ -125,4 +134,5 @@ def tiny_config(fusion: str = "cross", norm: str = "post") -> VLMConfig:
         max_len=8,
         fusion=fusion,
         norm=norm,
+        token_lags=token_lags,
     )

@@ -38,13 +38,17 @@ class ModelGradcheckReport(GradcheckReport):
 
 
 def tiny_model(
-    fusion: str = "cross", seed: int = 0, norm: str = "post", device: str = "cpu"
+    fusion: str = "cross",
+    seed: int = 0,
+    norm: str = "post",
+    device: str = "cpu",
+    token_lags: int = 0,
 ) -> VLM:
     """A float64 tiny VLM in eval mode drawn from `seed`; the global generator is untouched."""
     state = random.get_state()
     random.manual_seed(seed)
     try:
-        model = VLM(tiny_config(fusion, norm))
+        model = VLM(tiny_config(fusion, norm, token_lags))
     finally:
         random.set_state(state)
     model.to(device, dtype=np.float64).eval()
@@ -70,11 +74,12 @@ def model_gradcheck(
     device: str = "cpu",
     *,
     norm: str = "post",
+    token_lags: int = 0,
     directions: int = 3,
     samples: int = 2,
 ) -> ModelGradcheckReport:
     """Check d(loss)/d(every parameter) of a tiny VLM; the loss is next-token cross-entropy."""
-    model = tiny_model(fusion, seed, norm, device)
+    model = tiny_model(fusion, seed, norm, device, token_lags)
     images, tokens = (to_device(array, device) for array in tiny_batch(model, seed))
     inputs, targets = tokens[:, :-1], tokens[:, 1:].reshape(-1)
     names = [name for name, _ in model.named_parameters()]

@@ -18,7 +18,8 @@ Fusion kinds (config.fusion):
            cross_attention, no norm2) run over the one sequence (N + T, d). Logits are
            returned for the text positions only.
 With config.norm == "pre" every sublayer is x = x + f(norm(x)) instead, and a final_norm
-comes before output_projection.
+comes before output_projection. With config.token_lags = K > 0 the text input also adds
+sum_{j=1..K} lag_embeddings[j-1](token t-j): each position sees its K previous words.
 """
 
 from __future__ import annotations
@@ -164,6 +165,10 @@ class VLM(Module):
             self.image_projection = Linear(c.d_model, c.d_model)
         self.token_embedding = Embedding(c.vocab_size, c.d_model)
         self.position_embedding = Embedding(c.max_len, c.d_model)
+        # one table per lag; row vocab_size stands for "before the first token"
+        self.lag_embeddings = ModuleList(
+            Embedding(c.vocab_size + 1, c.d_model) for _ in range(c.token_lags)
+        )
         self.vlm_blocks = ModuleList(
             VLMBlock(c.d_model, c.n_heads, c.ffn_mult, c.fusion, norm_first)
             for _ in range(c.n_blocks)
@@ -210,6 +215,8 @@ class VLM(Module):
         xp = get_array_module(self.token_embedding.weight.data)
         positions = xp.arange(start, start + length)
         x = self.token_embedding(ids) + self.position_embedding(positions)  # (B, T, d)
+        if c.token_lags:
+            x = x + self.lagged_embeddings(ids, cache, start)
         n_prefix = 0
         if c.fusion == "prefix" and first_call:
             x = F.concat([self.image_projection(image_features), x], axis=1)  # (B, N + T, d)
@@ -230,6 +237,36 @@ class VLM(Module):
         if cache is not None:
             cache.length = start + length
         return (logits, attention) if return_attention else logits
+
+    def lagged_embeddings(self, ids, cache: DecodeCache | None, start: int) -> Tensor:
+        """sum_j lag_embeddings[j-1][id_{t-j}] for j = 1..token_lags, (B, T, d).
+
+        Position t sees the words just before it in its own input, so a word can be
+        matched together with its neighbours ("purple star" -> the "large" before it)
+        without first learning an attention head that looks one position back. Ids
+        before the first token read the table's last row; with a cache the earlier ids
+        are the last ones it was given.
+        """
+        lags, (batch, length) = self.config.token_lags, ids.shape
+        xp = get_array_module(ids)
+        if cache is not None and cache.length > 0:
+            earlier = cache.recent_ids  # (B, lags)
+        elif start == 0:
+            earlier = xp.full((batch, lags), self.config.vocab_size, dtype=ids.dtype)
+        else:
+            raise ValueError(
+                f"start: got {start} without a cache; a model with token_lags="
+                f"{lags} embeds the tokens before each position, so decode from 0 or "
+                "with a cache"
+            )
+        context = xp.concatenate([earlier, ids], axis=1)  # (B, lags + T)
+        if cache is not None:
+            cache.recent_ids = context[:, -lags:]
+        total = None
+        for j, table in enumerate(self.lag_embeddings, start=1):
+            lagged = table(context[:, lags - j : lags - j + length])  # (B, T, d): id_{t-j}
+            total = lagged if total is None else total + lagged
+        return total
 
     # -- input checks -------------------------------------------------------------
     def _check_start(self, cache: DecodeCache | None, start: int | None) -> int:
