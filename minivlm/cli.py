@@ -11,7 +11,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
     from .gradcheck_table import run_model_table, run_op_table
 
     if args.model:
-        return run_model_table(args.device, args.fusion)
+        return run_model_table(args.device, args.fusion, args.token_lags)
     return run_op_table(args.ops, args.device)
 
 
@@ -162,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--model", action="store_true", help="check a tiny VLM of each fusion kind instead"
     )
     check.add_argument("--fusion", nargs="*", default=None, help="with --model: which fusion kinds")
+    check.add_argument(
+        "--token-lags",
+        type=int,
+        default=0,
+        choices=range(8),  # the tiny model has 8 text positions
+        metavar="K",
+        help="with --model: models that also embed each position's K previous tokens",
+    )
     check.set_defaults(handler=_gradcheck)
 
     from .explain import add_explain_command

@@ -59,7 +59,9 @@ def run_op_table(names: list[str], device: str = "cpu") -> int:
     return 1 if failed else 0
 
 
-def run_model_table(device: str = "cpu", fusions: list[str] | None = None) -> int:
+def run_model_table(
+    device: str = "cpu", fusions: list[str] | None = None, token_lags: int = 0
+) -> int:
     """Check the loss gradient of a tiny VLM of each fusion kind wrt every parameter."""
     from .models.gradcheck import model_gradcheck
 
@@ -70,7 +72,7 @@ def run_model_table(device: str = "cpu", fusions: list[str] | None = None) -> in
     failed = 0
     for fusion in fusions or ["cross", "gated", "prefix"]:
         start = time.perf_counter()
-        report = model_gradcheck(fusion, device=device)
+        report = model_gradcheck(fusion, device=device, token_lags=token_lags)
         result = "pass" if report.passed else "FAIL"
         failed += not report.passed
         _print_row(

@@ -122,6 +122,7 @@ PRESETS: dict[str, dict] = {
         qa_start=0.0,
         qa_format="describe",
         corrupt_attributes=0.5,
+        token_lags=3,
         steps=2000,
         batch_size=64,
         lr=2e-3,

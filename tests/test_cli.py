@@ -64,6 +64,23 @@ def test_gradcheck_unknown_op_lists_the_known_ones(capsys):
     assert "unknown op(s) ['convolution']" in capsys.readouterr().out
 
 
+def test_model_gradcheck_with_lagged_embeddings_checks_their_tables(capsys):
+    from minivlm.models.gradcheck import tiny_model
+
+    assert main(["gradcheck", "--model", "--fusion", "cross", "--token-lags", "2"]) == 0
+    row = capsys.readouterr().out.splitlines()[1].split()
+    assert row[0] == "cross" and row[-1] == "pass"
+    plain = len(list(tiny_model("cross").parameters()))
+    assert int(row[1]) == plain + 2  # one table per lag
+
+
+def test_model_gradcheck_refuses_more_lags_than_positions(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gradcheck", "--model", "--token-lags", "8"])
+    assert exit_info.value.code == 2
+    assert "--token-lags" in capsys.readouterr().err
+
+
 def test_gradcheck_on_cuda_without_a_gpu_says_why(capsys):
     from minivlm.backend import cuda_available
 
