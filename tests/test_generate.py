@@ -13,13 +13,20 @@ from minivlm.train import Trainer, scene_config
 from minivlm.train_config import preset
 
 
-@pytest.fixture(scope="module", params=["cross", "gated", "prefix"])
+@pytest.fixture(
+    scope="module",
+    params=[("cross", 0), ("gated", 0), ("prefix", 0), ("cross", 3)],
+    ids=["cross", "gated", "prefix", "cross-lags3"],
+)
 def trained(request, tmp_path_factory):
-    """A tiny model of each fusion kind, trained a few steps so its outputs are not flat."""
+    """A tiny model of each fusion kind (and one with lagged token embeddings), trained a
+    few steps so its outputs are not flat."""
     from minivlm.train import train
 
-    out = tmp_path_factory.mktemp(request.param)
-    trainer = train(preset("tiny", out_dir=str(out), steps=6, fusion=request.param, lr=3e-3))
+    fusion, lags = request.param
+    out = tmp_path_factory.mktemp(fusion)
+    config = preset("tiny", out_dir=str(out), steps=6, fusion=fusion, token_lags=lags, lr=3e-3)
+    trainer = train(config)
     data = SceneDataset(scene_config(trainer.config), "iid", 3, 5, tokenizer=trainer.tokenizer)
     return trainer, np.stack([data[i].image for i in range(3)])
 
