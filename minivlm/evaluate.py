@@ -32,6 +32,7 @@ from .data import (
     Tokenizer,
     caption_with_spans,
     collate,
+    get_language,
     object_masks,
 )
 from .generate import answer_questions, caption_images
@@ -187,6 +188,7 @@ def _qa_metrics(
     model, tokenizer, dataset: SceneDataset, training_answers, config: EvalConfig
 ) -> dict:
     scores = QAScores()
+    language = get_language(dataset.config.language)  # a worked answer is scored by its end
     for examples in _batches(dataset, config.batch_size):
         images = np.stack([e.image for e in examples])
         predicted = answer_questions(
@@ -197,7 +199,7 @@ def _qa_metrics(
             describe=config.qa_format == "describe",
         )
         for example, answer in zip(examples, predicted, strict=False):
-            scores.add(example.qa_type, answer, example.answer)
+            scores.add(example.qa_type, language.final_answer(answer), example.answer)
     metrics = {
         "vqa_accuracy": scores.accuracy(),
         "vqa_majority_baseline": scores.majority_baseline(training_answers),

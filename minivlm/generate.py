@@ -28,7 +28,7 @@ class Generated:
     attention: np.ndarray | None = None  # (steps, blocks, heads, patches) with return_attention
 
 
-ANSWER_ROOM = 4  # positions kept free for an answer after a long generated description
+ANSWER_ROOM = 10  # positions kept free for a (worked) answer after a long generated description
 
 
 def caption_prompt(tokenizer: Tokenizer) -> list[int]:

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.scene_dataset import QA_FORMATS
+from .data.scene_dataset import MAX_QUESTIONS_PER_IMAGE, QA_FORMATS
 
 LOSS_WEIGHTINGS: tuple[str, ...] = ("token", "sequence")  # see minivlm.train.target_weights
 
@@ -28,6 +28,8 @@ class TrainConfig:
     qa_fraction: float = 0.3  # with task "mix": the share of question-answer examples
     qa_start: float = 0.0  # with task "mix": QA joins after this fraction of the steps
     qa_format: str = "direct"  # "direct" or "describe": caption first, then answer
+    worked_answers: bool = False  # relation answers name both places first (SceneConfig)
+    questions_per_image: int = 1  # with qa_format "describe": questions asked in turn
     corrupt_attributes: float = (
         0.0  # chance that a colour/shape word in the decoder's input is replaced
     )
@@ -71,6 +73,14 @@ class TrainConfig:
             ("qa_fraction", 0.0 <= self.qa_fraction <= 1.0, "a number in [0, 1]"),
             ("qa_format", self.qa_format in QA_FORMATS, f"one of {QA_FORMATS}"),
             ("qa_start", 0.0 <= self.qa_start < 1.0, "a number in [0, 1)"),
+            ("worked_answers", isinstance(self.worked_answers, bool), "a bool"),
+            (
+                "questions_per_image",
+                type(self.questions_per_image) is int
+                and 1 <= self.questions_per_image <= MAX_QUESTIONS_PER_IMAGE
+                and (self.questions_per_image == 1 or self.qa_format == "describe"),
+                f"an int in [1, {MAX_QUESTIONS_PER_IMAGE}], above 1 only with qa_format 'describe'",
+            ),
             ("loss_weighting", self.loss_weighting in LOSS_WEIGHTINGS, f"one of {LOSS_WEIGHTINGS}"),
             ("answer_weight", self.answer_weight > 0, "positive"),
             ("corrupt_attributes", 0.0 <= self.corrupt_attributes < 1.0, "a number in [0, 1)"),

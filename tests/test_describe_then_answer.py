@@ -11,12 +11,22 @@ from minivlm.data import (
     Example,
     SceneConfig,
     SceneDataset,
+    all_questions,
+    answer_text,
     caption,
     collate,
     render_scene,
+    sample_scene,
+    sample_scene_questions,
 )
 from minivlm.evaluate import EvalConfig
-from minivlm.generate import answer_questions, caption_images, generate, question_prompt
+from minivlm.generate import (
+    ANSWER_ROOM,
+    answer_questions,
+    caption_images,
+    generate,
+    question_prompt,
+)
 from minivlm.inference import answer_file, load_checkpoint
 from minivlm.sampling import SamplingConfig
 from minivlm.train import scene_config, train
@@ -58,15 +68,18 @@ def test_direct_and_described_questions_ask_the_same_thing(described):
             direct[i].question,
             direct[i].answer,
         )
-        assert direct[i].untrained is None and direct[i].caption is None
+        assert direct[i].untrained == () and direct[i].caption is None
 
 
-def test_an_untrained_span_must_lie_inside_the_trained_part():
+@pytest.mark.parametrize(
+    "untrained",
+    [((1, 4),), ((4, 7),), ((4, 3),), ((3, 5), (4, 6)), ((3, 4), (2, 5)), ((3,),)],
+)
+def test_untrained_spans_must_lie_in_order_inside_the_trained_part(untrained):
     image = np.zeros((3, 4, 4), np.float32)
-    with pytest.raises(ValueError, match="untrained"):
-        Example(image, (2, 4, 9, 9, 5, 9, 3), 2, "qa", untrained=(1, 4))
-    with pytest.raises(ValueError, match="untrained"):
-        Example(image, (2, 4, 9, 9, 5, 9, 3), 2, "qa", untrained=(4, 7))
+    with pytest.raises(ValueError, match="Example.untrained: expected spans in order"):
+        Example(image, (2, 4, 9, 9, 5, 9, 3), 2, "qa", untrained=untrained)
+    Example(image, (2, 4, 9, 9, 5, 9, 3), 2, "qa", untrained=((3, 4), (5, 6)))
 
 
 def test_question_prompt_puts_the_description_first_and_trims_it_to_fit():
@@ -89,7 +102,7 @@ def test_answering_with_describe_captions_first_then_answers_after_the_caption(t
     model, tok = trainer.model, trainer.tokenizer
     answers = answer_questions(model, tok, images, questions, describe=True)
     captions = caption_images(model, tok, images)
-    room = model.config.max_len - 4
+    room = model.config.max_len - ANSWER_ROOM
     for b in range(3):
         prompt = question_prompt(tok, questions[b], captions[b].ids, room)
         (expected,) = generate(model, tok, images[b : b + 1], [prompt])
@@ -143,3 +156,62 @@ def test_accuracy_given_the_true_caption_counts_rows_with_every_answer_word_righ
     assert _teacher_forced_answer_accuracy(_ShiftModel(vocab), described, config) == 1.0
     wrong = _ShiftModel(vocab, offset=1, wrong_rows=[0, 2])  # batches of 4 and 2: 3 rows wrong
     assert _teacher_forced_answer_accuracy(wrong, described, config) == 3 / 6
+
+
+def test_several_questions_per_image_are_asked_in_turn_after_one_caption():
+    config = SceneConfig(image_size=32, worked_answers=True)
+    one = SceneDataset(config, "train", 8, 5, task="qa", qa_format="describe")
+    three = SceneDataset(
+        config, "train", 8, 5, task="qa", qa_format="describe", questions_per_image=3
+    )
+    tok = three.tokenizer
+    for i in range(len(three)):
+        record, example = three.record(i), three[i]
+        assert record.qa == one.record(i).qa and len(record.more_qa) == 2  # the first is kept
+        asked = [record.qa, *record.more_qa]
+        for qa in asked:
+            assert qa in all_questions(record.scene, excluded_pairs=config.held_out_pairs)
+        batch = collate([example])
+        targets = batch.targets[0]
+        trained = tok.decode([t for t in targets.tolist() if t not in (IGNORE_INDEX, tok.eos_id)])
+        answers = " ".join(answer_text(qa, config) for qa in asked)
+        assert trained == f"{example.caption} {answers}"
+        assert (targets == tok.eos_id).sum() == 3  # each answer ends with <eos>
+        assert len(example.untrained) == 3
+        for (start, stop), qa in zip(example.untrained, asked, strict=True):
+            assert example.ids[start] == tok.question_id and example.ids[stop - 1] == tok.answer_id
+            assert tok.decode(example.ids[start + 1 : stop - 1]) == qa.question
+            assert (targets[start - 1 : stop - 1] == IGNORE_INDEX).all()
+            assert not batch.answers[0, start - 1 : stop - 1].any()
+        assert batch.answers[0].sum() == sum(
+            len(tok.encode(answer_text(q, config))) + 1 for q in asked
+        )
+
+
+def test_later_questions_are_balanced_within_their_type_and_skip_held_out_pairs():
+    config = SceneConfig(image_size=32)
+    rng = np.random.default_rng(0)
+    answers = {"exists": [], "relation": []}
+    for _ in range(600):
+        scene = sample_scene(config, rng, "train")
+        for qa in sample_scene_questions(scene, config, rng, 2):
+            if qa.qa_type in answers:
+                answers[qa.qa_type].append(qa.answer)
+            if qa.qa_type == "exists":
+                named = tuple(qa.question.removeprefix("is there ").rstrip("?").split()[-2:])
+                assert named not in config.held_out_pairs
+    for qa_type, given in answers.items():
+        assert 0.4 < given.count("yes") / len(given) < 0.6, qa_type
+
+
+def test_several_questions_per_image_need_the_describe_format():
+    config = SceneConfig(image_size=32)
+    with pytest.raises(ValueError, match="questions_per_image: 2 questions per image need"):
+        SceneDataset(config, "train", 1, questions_per_image=2)
+    for bad in (0, 9, 1.5, True):
+        with pytest.raises(ValueError, match=r"questions_per_image: expected an int in \[1, 8\]"):
+            SceneDataset(config, "train", 1, qa_format="describe", questions_per_image=bad)
+    with pytest.raises(ValueError, match="TrainConfig.questions_per_image"):
+        preset("tiny", questions_per_image=2)
+    with pytest.raises(ValueError, match="at least one"):
+        SceneDataset(config, "train", 1).tokenizer.described_qa_sequence("a red circle", [])

@@ -7,9 +7,19 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+import minivlm.train as train_module
 from minivlm.data import Example, collate
-from minivlm.train import AttributeCorruption, Trainer, sequence_loss, target_weights, train
+from minivlm.train import (
+    AttributeCorruption,
+    Trainer,
+    length_groups,
+    sequence_loss,
+    target_weights,
+    train,
+)
 from minivlm.train_checkpoint import latest_checkpoint
 from minivlm.train_config import TrainConfig, preset
 
@@ -132,7 +142,8 @@ def test_attribute_corruption_never_touches_a_question_row():
     ids, loss_start = tok.qa_sequence("what shape is the red object ?", "red")
     direct = Example(image, tuple(ids), loss_start, "qa")
     ids, loss_start, untrained = tok.described_qa_sequence(
-        "a small red circle and a large blue square", "what colour is the circle ?", "red"
+        "a small red circle and a large blue square",
+        [("what colour is the circle ?", "red"), ("what size is the red circle ?", "small")],
     )
     described = Example(image, tuple(ids), loss_start, "qa", untrained=untrained)
     caption = _caption_example(tok, "a small red circle and a large blue square")
@@ -198,3 +209,48 @@ def test_unknown_loss_weighting_is_named():
     targets = np.zeros((1, 2), dtype=np.int64)
     with pytest.raises(ValueError, match="weighting.*'word'"):
         target_weights(targets, targets > 0, "word")
+
+
+def _padded_cost(lengths, groups):
+    return sum(len(rows) * lengths[rows].max() for rows in groups)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 90), min_size=1, max_size=70))
+def test_length_groups_cover_every_row_once_at_the_least_padded_cost(lengths):
+    lengths = np.array(lengths)
+    groups = length_groups(lengths)
+    assert sorted(np.concatenate(groups).tolist()) == list(range(len(lengths)))
+    assert len(groups) in (1, 2)
+    ordered = np.sort(lengths)
+    best_split = min(
+        (
+            cut * ordered[cut - 1] + (len(ordered) - cut) * ordered[-1]
+            for cut in range(1, len(ordered))
+        ),
+        default=len(ordered) * ordered[-1],
+    )
+    if len(groups) == 2:
+        assert _padded_cost(lengths, groups) == best_split <= 0.9 * len(lengths) * lengths.max()
+        assert lengths[groups[0]].max() <= lengths[groups[1]].min()
+    else:
+        assert best_split > 0.9 * len(lengths) * lengths.max()
+
+
+def test_a_step_in_length_groups_equals_a_step_on_the_whole_padded_batch(monkeypatch):
+    """Captions and described questions (two per image) in one batch: the grouped
+    step and a single padded pass give the same loss and the same gradients."""
+    config = preset("tiny", task="mix", qa_format="describe", questions_per_image=2, max_len=96)
+    grouped, whole = Trainer.create(config), Trainer.create(config)
+    batch = grouped.batch(0)
+    assert len(length_groups(batch.lengths)) == 2
+    corruption = AttributeCorruption(grouped.tokenizer, {}, rate=0.0)
+    loss_grouped = grouped.train_step(batch, corruption)
+    monkeypatch.setattr(train_module, "length_groups", lambda lengths: [np.arange(len(lengths))])
+    loss_whole = whole.train_step(batch, corruption)
+    assert loss_grouped == pytest.approx(loss_whole, rel=1e-5)
+    for (name, a), (_, b) in zip(
+        grouped.model.named_parameters(), whole.model.named_parameters(), strict=True
+    ):
+        assert a.grad is not None and np.abs(a.grad).max() > 0, name
+        np.testing.assert_allclose(a.grad, b.grad, rtol=1e-4, atol=1e-7, err_msg=name)

@@ -19,9 +19,11 @@ from minivlm.data.questions import (
     QA_TYPES,
     all_questions,
     answer_space,
+    answer_text,
     available_qa_types,
     questions_of_type,
     sample_balanced_qa,
+    sample_scene_questions,
 )
 from minivlm.data.reference import REFERENCE_TEXT, ReferenceData, reference_data, reference_scene
 from minivlm.data.render import object_coverage, object_masks, render_scene
@@ -81,6 +83,7 @@ __all__ = [
     "Tokenizer",
     "all_questions",
     "answer_space",
+    "answer_text",
     "available_qa_types",
     "caption",
     "caption_with_spans",
@@ -99,6 +102,7 @@ __all__ = [
     "reference_scene",
     "render_scene",
     "sample_balanced_qa",
+    "sample_scene_questions",
     "sample_scene",
     "scene_rng",
 ]

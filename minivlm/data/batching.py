@@ -21,8 +21,9 @@ class Example:
     """One training example: an image and its token sequence, with what it came from.
 
     ids: <bos> ... <eos>; loss_start: the first index of `ids` that is trained on;
-    untrained: a later span [start, stop) of ids that is not (a question asked after
-    a description, see Tokenizer.described_qa_sequence).
+    untrained: later spans [start, stop) of ids that are not, in order (the questions
+    asked after a description, see Tokenizer.described_qa_sequence). question, answer
+    and qa_type are those of the first question.
     """
 
     image: np.ndarray  # (3, S, S) float32 in [-1, 1]
@@ -35,7 +36,7 @@ class Example:
     qa_type: str | None = None
     scene: Scene | None = None
     source: str | None = None  # where it came from, e.g. an image file name
-    untrained: tuple[int, int] | None = None
+    untrained: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -47,13 +48,13 @@ class Example:
                 f"Example.loss_start: expected 1 <= loss_start < {len(self.ids)}, "
                 f"got {self.loss_start}"
             )
-        if self.untrained is not None:
-            start, stop = self.untrained
-            if not self.loss_start < start < stop < len(self.ids):
-                raise ValueError(
-                    f"Example.untrained: expected a span ({self.loss_start} < start < stop < "
-                    f"{len(self.ids)}), got {self.untrained}"
-                )
+        bounds = [self.loss_start, *(i for span in self.untrained for i in span), len(self.ids)]
+        spans_ok = all(len(span) == 2 for span in self.untrained)
+        if not spans_ok or any(a >= b for a, b in zip(bounds, bounds[1:], strict=False)):
+            raise ValueError(
+                f"Example.untrained: expected spans in order with {self.loss_start} < start < "
+                f"stop < next start ... < {len(self.ids)}, got {self.untrained}"
+            )
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ def collate(examples: Sequence[Example], pad_id: int = 0, max_len: int | None = 
 
     For a sequence ids of length n: inputs = ids[:-1], targets = ids[1:]. Target t
     predicts ids[t + 1], so it is trained only when t + 1 >= loss_start and t + 1 is
-    outside the example's untrained span; the others (prompts) and padding get
+    outside the example's untrained spans; the others (prompts) and padding get
     IGNORE_INDEX.
     """
     if len(examples) == 0:
@@ -141,12 +142,13 @@ def collate(examples: Sequence[Example], pad_id: int = 0, max_len: int | None = 
         inputs[row, :n] = ids[:-1]
         targets[row, :n] = ids[1:]
         targets[row, : example.loss_start - 1] = IGNORE_INDEX
-        if example.untrained is not None:
-            start, stop = example.untrained
+        for start, stop in example.untrained:
             targets[row, start - 1 : stop - 1] = IGNORE_INDEX
         if example.task == "qa":
-            answer_start = example.loss_start if example.untrained is None else example.untrained[1]
-            answers[row, answer_start - 1 : n] = True
+            answer_start = example.untrained[0][1] if example.untrained else example.loss_start
+            answers[row, answer_start - 1 : n] = True  # from the first answer, less later questions
+            for start, stop in example.untrained[1:]:
+                answers[row, start - 1 : stop - 1] = False
         lengths[row] = n
     images = np.stack([example.image for example in examples]).astype(np.float32, copy=False)
     return Batch(images, inputs, targets, lengths, answers)

@@ -27,6 +27,8 @@ class SceneConfig:
     noise: standard deviation of the background noise, in 0..255 levels.
     attribute_order: the order of the size, colour and shape words.
     held_out_pairs: (colour, shape) pairs kept out of the "train" and "iid" splits.
+    worked_answers: relation answers name both objects' places before the yes/no
+        (see minivlm.data.questions.answer_text).
     """
 
     image_size: int = 64
@@ -36,6 +38,7 @@ class SceneConfig:
     noise: float = 6.0
     language: str = "en"
     attribute_order: tuple[str, ...] = ATTRIBUTES
+    worked_answers: bool = False
 
     def __post_init__(self) -> None:
         _check_int("image_size", self.image_size, low=24, high=2048)
@@ -45,6 +48,10 @@ class SceneConfig:
         if self.language not in LANGUAGES:
             raise ValueError(
                 f"SceneConfig.language: expected one of {sorted(LANGUAGES)}, got {self.language!r}"
+            )
+        if not isinstance(self.worked_answers, bool):
+            raise ValueError(
+                f"SceneConfig.worked_answers: expected a bool, got {self.worked_answers!r}"
             )
         order = check_attribute_order(self.attribute_order, "SceneConfig.attribute_order")
         object.__setattr__(self, "attribute_order", order)

@@ -42,6 +42,9 @@ class Language:
     relations: dict[str, str]  # "left", "right", "above", "below"
     yes: str
     no: str
+    relation_working: str  # fields: place_a, place_b (a worked relation answer's steps)
+    worked_answer: str  # fields: working, answer
+    answer_marker: str  # the word in worked_answer that comes just before the answer
     counts: tuple[str, ...]  # counts[n] answers "how many" with n
     extra_places: dict[str, Cell] = field(default_factory=dict)  # accepted when parsing
 
@@ -50,6 +53,14 @@ class Language:
         if self.unit == "word":
             return re.findall(r"\w+", text.lower())
         return [ch for ch in text if not ch.isspace()]
+
+    def final_answer(self, text: str) -> str:
+        """What follows the last answer marker of a worked answer ("top left and right,
+        so yes" -> "yes"); a text without the marker is returned whole, stripped."""
+        marker = re.escape(self.answer_marker)
+        if self.unit == "word":
+            marker = rf"\b{marker}\b"
+        return re.split(marker, text)[-1].strip()
 
     def lexicon(self) -> dict[tuple[str, ...], tuple[str, object]]:
         """Unit sequence -> (field, value), for every word that names an attribute."""
@@ -134,6 +145,9 @@ ENGLISH = Language(
     relations={"left": "left of", "right": "right of", "above": "above", "below": "below"},
     yes="yes",
     no="no",
+    relation_working="{place_a} and {place_b}",
+    worked_answer="{working}, so {answer}",
+    answer_marker="so",
     counts=("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
     extra_places={"center": (1, 1), "middle": (1, 1)},
 )
@@ -186,6 +200,9 @@ CHINESE = Language(
     relations={"left": "左边", "right": "右边", "above": "上方", "below": "下方"},
     yes="是",
     no="否",
+    relation_working="{place_a}和{place_b}",
+    worked_answer="{working}，所以{answer}",
+    answer_marker="所以",
     counts=("零个", "一个", "两个", "三个", "四个", "五个", "六个", "七个", "八个", "九个"),
     extra_places={"中央": (1, 1)},
 )
@@ -227,9 +244,13 @@ def lexicon_texts(code: str) -> list[str]:
     ):
         texts.extend(table.values())
     texts.extend(_template_literals(t) for t in language.questions.values())
-    texts.extend(
-        _template_literals(t) for t in (language.object_phrase, language.place_description)
+    templates = (
+        language.object_phrase,
+        language.place_description,
+        language.relation_working,
+        language.worked_answer,
     )
+    texts.extend(_template_literals(t) for t in templates)
     texts.extend(
         [
             language.article,

@@ -4,6 +4,11 @@ Types: colour, shape, size, position of a described object; exists (yes/no);
 count; relation (is A left of / right of / above / below B, yes/no). An object is
 described only in ways that pick it out alone in its scene.
 
+Worked answers (`SceneConfig.worked_answers`): a relation is answered by first naming
+where both objects are, then the answer: "is the red circle left of the blue square?"
+-> "top left and right, so yes". Each step is then one look-up in the caption or the
+image, and the comparison reads two places just said, not two found far apart.
+
 Balance: `sample_balanced_qa` first picks the answer uniformly from the type's
 answer space, then draws scenes until one has a question with that answer, so
 within each type the answers are uniform.
@@ -41,6 +46,16 @@ class QA:
     question: str
     answer: str
     qa_type: str
+    working: str = ""  # the steps a worked answer states first (relations: both places)
+
+
+def answer_text(qa: QA, config: SceneConfig) -> str:
+    """The answer as trained: with config.worked_answers and a working, the working and
+    then the answer ("top left and right, so yes"), else the answer alone."""
+    if not (config.worked_answers and qa.working):
+        return qa.answer
+    table = get_language(config.language)
+    return table.worked_answer.format(working=qa.working, answer=qa.answer)
 
 
 def available_qa_types(config: SceneConfig) -> tuple[str, ...]:
@@ -135,6 +150,29 @@ def sample_balanced_qa(
         f"sample_balanced_qa: no {split!r} scene in {max_tries} tries had a {qa_type!r} "
         f"question answered {wanted!r}"
     )
+
+
+def sample_scene_questions(
+    scene: Scene, config: SceneConfig, rng: np.random.Generator, count: int, split: str = "train"
+) -> list[QA]:
+    """`count` more questions about a scene already drawn: each picks a type uniformly
+    among those the scene answers, then an answer uniformly among that type's answers
+    in this scene, then a question with that answer."""
+    excluded = config.held_out_pairs if split != "heldout" else ()
+    by_type = {}
+    for qa_type in available_qa_types(config):
+        found = questions_of_type(scene, qa_type, config.language, config.attribute_order, excluded)
+        if found:
+            by_type[qa_type] = found
+    types = sorted(by_type)
+    picked = []
+    for _ in range(count):
+        candidates = by_type[types[int(rng.integers(len(types)))]]
+        answers = sorted({qa.answer for qa in candidates})
+        wanted = answers[int(rng.integers(len(answers)))]
+        matching = [qa for qa in candidates if qa.answer == wanted]
+        picked.append(matching[int(rng.integers(len(matching)))])
+    return picked
 
 
 def _check_type(qa_type: str) -> None:
@@ -239,5 +277,8 @@ def _relation_questions(scene: Scene, table: Language, order: tuple[str, ...]) -
                     desc_a=desc_a, desc_b=desc_b, relation=table.relations[relation]
                 )
                 answer = table.yes if _holds(relation, a, b) else table.no
-                questions.append(QA(text, answer, "relation"))
+                working = table.relation_working.format(
+                    place_a=table.places[a.cell], place_b=table.places[b.cell]
+                )
+                questions.append(QA(text, answer, "relation", working))
     return questions

@@ -11,13 +11,14 @@ from minivlm.data.batching import Example, image_to_array
 from minivlm.data.captions import caption
 from minivlm.data.config import SPLITS, SceneConfig
 from minivlm.data.language import lexicon_texts
-from minivlm.data.questions import QA, sample_balanced_qa
+from minivlm.data.questions import QA, answer_text, sample_balanced_qa, sample_scene_questions
 from minivlm.data.render import render_scene
 from minivlm.data.scenes import Scene, sample_scene, scene_rng
 from minivlm.data.tokenizer import Tokenizer
 
 DATASET_TASKS: tuple[str, ...] = ("caption", "qa", "mix")
 QA_FORMATS: tuple[str, ...] = ("direct", "describe")
+MAX_QUESTIONS_PER_IMAGE = 8
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class SceneRecord:
     task: str  # "caption" or "qa"
     caption: str | None = None
     qa: QA | None = None
+    more_qa: tuple[QA, ...] = ()  # asked after `qa` (questions_per_image > 1)
 
 
 def default_tokenizer(config: SceneConfig) -> Tokenizer:
@@ -42,7 +44,9 @@ class SceneDataset:
     task: "caption", "qa", or "mix" (each example is a question with probability
     qa_fraction). qa_format "direct": a question and its answer; "describe": the
     scene's caption first, then the question and answer (the caption is trained,
-    the question is not). Images are rendered when an example is read.
+    the question is not), and with questions_per_image k > 1 the next k - 1 questions
+    about the same scene in turn (`sample_scene_questions`). Images are rendered when
+    an example is read.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class SceneDataset:
         qa_fraction: float = 0.5,
         tokenizer: Tokenizer | None = None,
         qa_format: str = "direct",
+        questions_per_image: int = 1,
     ) -> None:
         if not isinstance(config, SceneConfig):
             raise TypeError(f"SceneDataset config: expected a SceneConfig, got {type(config)}")
@@ -70,6 +75,20 @@ class SceneDataset:
             raise ValueError(
                 f"SceneDataset qa_format: expected one of {QA_FORMATS}, got {qa_format!r}"
             )
+        if (
+            isinstance(questions_per_image, bool)
+            or not isinstance(questions_per_image, int)
+            or not 1 <= questions_per_image <= MAX_QUESTIONS_PER_IMAGE
+        ):
+            raise ValueError(
+                f"SceneDataset questions_per_image: expected an int in "
+                f"[1, {MAX_QUESTIONS_PER_IMAGE}], got {questions_per_image!r}"
+            )
+        if questions_per_image > 1 and qa_format != "describe":
+            raise ValueError(
+                f"SceneDataset questions_per_image: {questions_per_image} questions per image "
+                f"need qa_format 'describe', got {qa_format!r}"
+            )
         scene_rng(split, seed, 0)  # checks the seed
         self.config = config
         self.split = split
@@ -78,6 +97,7 @@ class SceneDataset:
         self.task = task
         self.qa_fraction = qa_fraction
         self.qa_format = qa_format
+        self.questions_per_image = questions_per_image
         self.tokenizer = tokenizer if tokenizer is not None else default_tokenizer(config)
 
     def __len__(self) -> int:
@@ -90,7 +110,10 @@ class SceneDataset:
         is_qa = self.task == "qa" or (self.task == "mix" and rng.random() < self.qa_fraction)
         if is_qa:
             scene, qa = sample_balanced_qa(self.config, rng, self.split)
-            return SceneRecord(scene, "qa", qa=qa)
+            more = sample_scene_questions(
+                scene, self.config, rng, self.questions_per_image - 1, self.split
+            )
+            return SceneRecord(scene, "qa", qa=qa, more_qa=tuple(more))
         scene = sample_scene(self.config, rng, self.split)
         text = caption(scene, self.config.language, self.config.attribute_order)
         return SceneRecord(scene, "caption", caption=text)
@@ -109,14 +132,13 @@ class SceneDataset:
                 image, tuple(ids), loss_start, "caption", caption=record.caption, scene=record.scene
             )
         qa = record.qa
-        untrained = description = None
+        untrained, description = (), None
         if self.qa_format == "direct":
-            ids, loss_start = self.tokenizer.qa_sequence(qa.question, qa.answer)
+            ids, loss_start = self.tokenizer.qa_sequence(qa.question, answer_text(qa, self.config))
         else:
             description = caption(record.scene, self.config.language, self.config.attribute_order)
-            ids, loss_start, untrained = self.tokenizer.described_qa_sequence(
-                description, qa.question, qa.answer
-            )
+            asked = [(q.question, answer_text(q, self.config)) for q in (qa, *record.more_qa)]
+            ids, loss_start, untrained = self.tokenizer.described_qa_sequence(description, asked)
         return Example(
             image,
             tuple(ids),

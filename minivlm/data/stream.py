@@ -37,6 +37,7 @@ class TrainingStream:
     qa_fraction: float = 0.3
     qa_start_step: int = 0
     qa_format: str = "direct"
+    questions_per_image: int = 1
     max_len: int | None = None  # longest allowed token sequence, <bos> and <eos> included
 
     def batch(self, step: int) -> Batch:
@@ -50,6 +51,7 @@ class TrainingStream:
             self.qa_fraction,
             self.tokenizer,
             self.qa_format,
+            self.questions_per_image,
         )
         first = step * self.batch_size
         examples = [data[i] for i in range(first, first + self.batch_size)]

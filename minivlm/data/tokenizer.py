@@ -113,16 +113,23 @@ class Tokenizer:
         return [*prompt, *self.encode(answer), self.eos_id], len(prompt)
 
     def described_qa_sequence(
-        self, description: str, question: str, answer: str
-    ) -> tuple[list[int], int, tuple[int, int]]:
-        """<bos> <caption> description <question> question <answer> answer <eos>: the
-        scene described first, then asked about. Returns the ids, the first trained index
-        (the description's first token) and the untrained span [start, stop) of
-        <question> question <answer>; the answer and <eos> are trained again."""
-        described = [self.bos_id, self.caption_id, *self.encode(description)]
-        asked = [self.question_id, *self.encode(question), self.answer_id]
-        ids = [*described, *asked, *self.encode(answer), self.eos_id]
-        return ids, 2, (len(described), len(described) + len(asked))
+        self, description: str, asked: Sequence[tuple[str, str]]
+    ) -> tuple[list[int], int, tuple[tuple[int, int], ...]]:
+        """<bos> <caption> description, then for each (question, answer) in turn
+        <question> question <answer> answer <eos>: the scene described first, then asked
+        about. Returns the ids, the first trained index (the description's first token)
+        and the untrained spans [start, stop), one `<question> question <answer>` each;
+        the answers and their <eos> are trained."""
+        if len(asked) == 0:
+            raise ValueError("described_qa_sequence asked: expected at least one (question, answer)")
+        ids = [self.bos_id, self.caption_id, *self.encode(description)]
+        untrained = []
+        for question, answer in asked:
+            start = len(ids)
+            ids += [self.question_id, *self.encode(question), self.answer_id]
+            untrained.append((start, len(ids)))
+            ids += [*self.encode(answer), self.eos_id]
+        return ids, 2, tuple(untrained)
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "kind": self.kind, "tokens": list(self.tokens)}

@@ -1,0 +1,135 @@
+"""Worked answers: a relation is answered by naming both objects' places, then yes/no."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minivlm.evaluate as evaluate_module
+from minivlm.data import (
+    QA_TYPES,
+    Scene,
+    SceneConfig,
+    SceneDataset,
+    SceneObject,
+    all_questions,
+    answer_text,
+    collate,
+    get_language,
+    questions_of_type,
+    sample_scene,
+)
+from minivlm.evaluate import EvalConfig
+from minivlm.train import scene_config, train
+from minivlm.train_config import preset
+
+SCENE = Scene(
+    (
+        SceneObject("red", "circle", "small", 0, 0),
+        SceneObject("blue", "square", "large", 1, 2),
+    )
+)
+WORKED = SceneConfig(image_size=32, worked_answers=True)
+
+
+def test_a_relation_is_worked_through_both_places():
+    worked = {qa.question: answer_text(qa, WORKED) for qa in questions_of_type(SCENE, "relation")}
+    assert worked["is the red circle left of the blue square?"] == "top left and right, so yes"
+    assert worked["is the blue square above the red circle?"] == "right and top left, so no"
+    plain = {
+        qa.question: answer_text(qa, SceneConfig()) for qa in questions_of_type(SCENE, "relation")
+    }
+    assert plain["is the red circle left of the blue square?"] == "yes"
+
+
+def test_chinese_relation_working():
+    zh = SceneConfig(language="zh", worked_answers=True)
+    worked = {qa.question: answer_text(qa, zh) for qa in questions_of_type(SCENE, "relation", "zh")}
+    assert worked["红色圆形在蓝色正方形的左边吗？"] == "左上角和右边，所以是"
+
+
+@pytest.mark.parametrize("qa_type", [t for t in QA_TYPES if t != "relation"])
+def test_other_question_types_answer_directly(qa_type):
+    for qa in questions_of_type(SCENE, qa_type):
+        assert qa.working == "" and answer_text(qa, WORKED) == qa.answer
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_working_agrees_with_the_answer_and_the_answer_is_read_back(language):
+    """On random scenes: the two places parse back to the objects' cells, the answer
+    follows from them, and final_answer recovers it from the worked text."""
+    config = SceneConfig(language=language, max_objects=4, worked_answers=True)
+    table = get_language(language)
+    cell_of = {tuple(table.units(p)): cell for cell, p in table.places.items()}
+    relation_of = {word: name for name, word in table.relations.items()}
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(40):
+        for qa in questions_of_type(sample_scene(config, rng), "relation", language):
+            text = answer_text(qa, config)
+            assert table.final_answer(text) == qa.answer
+            place_a, place_b = qa.working.split(
+                table.relation_working.format(place_a="", place_b="")
+            )
+            (row_a, col_a), (row_b, col_b) = (
+                cell_of[tuple(table.units(place_a))],
+                cell_of[tuple(table.units(place_b))],
+            )
+            (relation,) = [r for word, r in relation_of.items() if word in qa.question]
+            holds = {
+                "left": col_a < col_b,
+                "right": col_a > col_b,
+                "above": row_a < row_b,
+                "below": row_a > row_b,
+            }[relation]
+            assert qa.answer == (table.yes if holds else table.no)
+            checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_final_answer_of_a_plain_answer_is_the_answer(language):
+    table = get_language(language)
+    for qa in all_questions(SCENE, language):
+        assert table.final_answer(f" {qa.answer} ") == qa.answer
+
+
+@pytest.mark.parametrize("qa_format", ["direct", "describe"])
+def test_the_working_is_trained_as_part_of_the_answer(qa_format):
+    data = SceneDataset(WORKED, "train", 60, 1, task="qa", qa_format=qa_format)
+    tok = data.tokenizer
+    relations = [i for i in range(len(data)) if data.record(i).qa.qa_type == "relation"]
+    assert relations
+    for i in relations:
+        example, qa = data[i], data.record(i).qa
+        batch = collate([example])
+        trained = batch.targets[0][batch.answers[0]]  # the answer's targets, <eos> last
+        assert tok.decode(trained[:-1].tolist()) == answer_text(qa, WORKED) != qa.answer
+        assert example.answer == qa.answer  # scored by its end
+        assert tok.unk_id not in example.ids
+
+
+@pytest.mark.parametrize("split", ["iid", "heldout"])
+def test_eval_scores_a_worked_answer_by_its_end(tmp_path, monkeypatch, split):
+    trainer = train(preset("tiny", out_dir=str(tmp_path), steps=3, worked_answers=True))
+    scenes = scene_config(trainer.config)
+    assert scenes.worked_answers
+    seed = EvalConfig().seed
+    data = SceneDataset(scenes, split, 32, seed, task="qa", tokenizer=trainer.tokenizer)
+    worked = iter([answer_text(data.record(i).qa, scenes) for i in range(32)])  # in order
+    assert any(data.record(i).qa.working for i in range(32))
+
+    def answer_with_the_working(model, tokenizer, images, questions, describe=False):
+        return [next(worked) for _ in questions]
+
+    monkeypatch.setattr(evaluate_module, "answer_questions", answer_with_the_working)
+    results = evaluate_module._qa_metrics(trainer.model, trainer.tokenizer, data, {}, EvalConfig())
+    assert results["vqa_accuracy"] == 1.0
+    assert results["vqa_relation_accuracy"] == 1.0
+
+
+def test_worked_answers_must_be_a_bool():
+    with pytest.raises(ValueError, match="SceneConfig.worked_answers: expected a bool, got 1"):
+        SceneConfig(worked_answers=1)
+    with pytest.raises(ValueError, match="TrainConfig.worked_answers: expected a bool"):
+        preset("tiny", worked_answers="yes")
