@@ -205,9 +205,7 @@ def _qa_metrics(
         "vqa_majority_baseline": scores.majority_baseline(training_answers),
     }
     if config.qa_format == "describe":
-        metrics["vqa_given_true_caption"] = _teacher_forced_answer_accuracy(
-            model, dataset, config
-        )
+        metrics["vqa_given_true_caption"] = _teacher_forced_answer_accuracy(model, dataset, config)
     for qa_type in QA_TYPES:
         if scores.total[qa_type]:
             metrics[f"vqa_{qa_type}_accuracy"] = scores.accuracy(qa_type)

@@ -121,7 +121,9 @@ class Tokenizer:
         and the untrained spans [start, stop), one `<question> question <answer>` each;
         the answers and their <eos> are trained."""
         if len(asked) == 0:
-            raise ValueError("described_qa_sequence asked: expected at least one (question, answer)")
+            raise ValueError(
+                "described_qa_sequence asked: expected at least one (question, answer)"
+            )
         ids = [self.bos_id, self.caption_id, *self.encode(description)]
         untrained = []
         for question, answer in asked:
