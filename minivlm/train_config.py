@@ -132,6 +132,7 @@ PRESETS: dict[str, dict] = {
         qa_start=0.0,
         qa_format="describe",
         questions_per_image=2,
+        worked_answers=True,
         max_len=80,
         corrupt_attributes=0.5,
         token_lags=3,

@@ -42,7 +42,9 @@ class Language:
     relations: dict[str, str]  # "left", "right", "above", "below"
     yes: str
     no: str
-    relation_working: str  # fields: place_a, place_b (a worked relation answer's steps)
+    columns: tuple[str, str, str]  # a cell's column, left to right (worked relation answers)
+    rows: tuple[str, str, str]  # a cell's row, top to bottom
+    relation_working: str  # fields: first, second (a worked relation answer's steps)
     worked_answer: str  # fields: working, answer
     answer_marker: str  # the word in worked_answer that comes just before the answer
     counts: tuple[str, ...]  # counts[n] answers "how many" with n
@@ -145,8 +147,10 @@ ENGLISH = Language(
     relations={"left": "left of", "right": "right of", "above": "above", "below": "below"},
     yes="yes",
     no="no",
-    relation_working="{place_a} and {place_b}",
-    worked_answer="{working}, so {answer}",
+    columns=("left", "middle", "right"),
+    rows=("top", "middle", "bottom"),
+    relation_working="{first} to {second}",
+    worked_answer="{working} so {answer}",
     answer_marker="so",
     counts=("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
     extra_places={"center": (1, 1), "middle": (1, 1)},
@@ -200,7 +204,9 @@ CHINESE = Language(
     relations={"left": "左边", "right": "右边", "above": "上方", "below": "下方"},
     yes="是",
     no="否",
-    relation_working="{place_a}和{place_b}",
+    columns=("左", "中", "右"),
+    rows=("上", "中", "下"),
+    relation_working="{first}到{second}",
     worked_answer="{working}，所以{answer}",
     answer_marker="所以",
     counts=("零个", "一个", "两个", "三个", "四个", "五个", "六个", "七个", "八个", "九个"),
@@ -263,6 +269,8 @@ def lexicon_texts(code: str) -> list[str]:
             language.yes,
             language.no,
             *language.counts,
+            *language.columns,
+            *language.rows,
         ]
     )
     return [text for text in texts if text.strip()]

@@ -5,9 +5,10 @@ count; relation (is A left of / right of / above / below B, yes/no). An object i
 described only in ways that pick it out alone in its scene.
 
 Worked answers (`SceneConfig.worked_answers`): a relation is answered by first naming
-where both objects are, then the answer: "is the red circle left of the blue square?"
--> "top left and right, so yes". Each step is then one look-up in the caption or the
-image, and the comparison reads two places just said, not two found far apart.
+the two objects' columns or rows, then the answer: "is the red circle left of the blue
+square?" -> "left to right so yes", "is the blue square right of the red circle?" ->
+the same. Each step is then one look-up in the caption or the image, and the yes/no
+compares two words just said, not two places found far apart.
 
 Balance: `sample_balanced_qa` first picks the answer uniformly from the type's
 answer space, then draws scenes until one has a question with that answer, so
@@ -265,6 +266,17 @@ def _holds(relation: str, a: SceneObject, b: SceneObject) -> bool:
     }[relation]
 
 
+def _relation_working(relation: str, a: SceneObject, b: SceneObject, table: Language) -> str:
+    """The two objects' columns (left of, right of) or rows (above, below), in the order
+    that makes the answer "is the first before the second?": "left to right" says yes to
+    "is a left of b?" and "is b right of a?". The yes/no then follows from the two words
+    just said, which lie in the answer position's lag window."""
+    axis = table.columns if relation in ("left", "right") else table.rows
+    index = (lambda obj: obj.col) if relation in ("left", "right") else (lambda obj: obj.row)
+    first, second = (a, b) if relation in ("left", "above") else (b, a)
+    return table.relation_working.format(first=axis[index(first)], second=axis[index(second)])
+
+
 def _relation_questions(scene: Scene, table: Language, order: tuple[str, ...]) -> list[QA]:
     descs = [_unique_description(obj, scene, "relation", table, order) for obj in scene.objects]
     questions = []
@@ -277,8 +289,7 @@ def _relation_questions(scene: Scene, table: Language, order: tuple[str, ...]) -
                     desc_a=desc_a, desc_b=desc_b, relation=table.relations[relation]
                 )
                 answer = table.yes if _holds(relation, a, b) else table.no
-                working = table.relation_working.format(
-                    place_a=table.places[a.cell], place_b=table.places[b.cell]
+                questions.append(
+                    QA(text, answer, "relation", _relation_working(relation, a, b, table))
                 )
-                questions.append(QA(text, answer, "relation", working))
     return questions

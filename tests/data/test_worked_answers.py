@@ -32,10 +32,15 @@ SCENE = Scene(
 WORKED = SceneConfig(image_size=32, worked_answers=True)
 
 
-def test_a_relation_is_worked_through_both_places():
+def test_a_relation_is_worked_through_both_columns_or_rows():
+    """Red circle top left (row 0, col 0), blue square in the middle row on the right."""
     worked = {qa.question: answer_text(qa, WORKED) for qa in questions_of_type(SCENE, "relation")}
-    assert worked["is the red circle left of the blue square?"] == "top left and right, so yes"
-    assert worked["is the blue square above the red circle?"] == "right and top left, so no"
+    assert worked["is the red circle left of the blue square?"] == "left to right so yes"
+    assert worked["is the blue square right of the red circle?"] == "left to right so yes"
+    assert worked["is the red circle right of the blue square?"] == "right to left so no"
+    assert worked["is the blue square above the red circle?"] == "middle to top so no"
+    assert worked["is the red circle below the blue square?"] == "middle to top so no"
+    assert worked["is the red circle above the blue square?"] == "top to middle so yes"
     plain = {
         qa.question: answer_text(qa, SceneConfig()) for qa in questions_of_type(SCENE, "relation")
     }
@@ -45,7 +50,8 @@ def test_a_relation_is_worked_through_both_places():
 def test_chinese_relation_working():
     zh = SceneConfig(language="zh", worked_answers=True)
     worked = {qa.question: answer_text(qa, zh) for qa in questions_of_type(SCENE, "relation", "zh")}
-    assert worked["红色圆形在蓝色正方形的左边吗？"] == "左上角和右边，所以是"
+    assert worked["红色圆形在蓝色正方形的左边吗？"] == "左到右，所以是"
+    assert worked["蓝色正方形在红色圆形的上方吗？"] == "中到上，所以否"
 
 
 @pytest.mark.parametrize("qa_type", [t for t in QA_TYPES if t != "relation"])
@@ -55,34 +61,22 @@ def test_other_question_types_answer_directly(qa_type):
 
 
 @pytest.mark.parametrize("language", ["en", "zh"])
-def test_the_working_agrees_with_the_answer_and_the_answer_is_read_back(language):
-    """On random scenes: the two places parse back to the objects' cells, the answer
-    follows from them, and final_answer recovers it from the worked text."""
+def test_the_answer_is_yes_when_the_first_word_comes_before_the_second(language):
+    """On random scenes: the working names two columns (left of, right of) or two rows
+    (above, below), the answer is yes exactly when the first comes first, and
+    final_answer recovers it from the worked text."""
     config = SceneConfig(language=language, max_objects=4, worked_answers=True)
     table = get_language(language)
-    cell_of = {tuple(table.units(p)): cell for cell, p in table.places.items()}
-    relation_of = {word: name for name, word in table.relations.items()}
+    gap = table.relation_working.format(first="", second="")
     rng = np.random.default_rng(3)
     checked = 0
     for _ in range(40):
         for qa in questions_of_type(sample_scene(config, rng), "relation", language):
-            text = answer_text(qa, config)
-            assert table.final_answer(text) == qa.answer
-            place_a, place_b = qa.working.split(
-                table.relation_working.format(place_a="", place_b="")
-            )
-            (row_a, col_a), (row_b, col_b) = (
-                cell_of[tuple(table.units(place_a))],
-                cell_of[tuple(table.units(place_b))],
-            )
-            (relation,) = [r for word, r in relation_of.items() if word in qa.question]
-            holds = {
-                "left": col_a < col_b,
-                "right": col_a > col_b,
-                "above": row_a < row_b,
-                "below": row_a > row_b,
-            }[relation]
-            assert qa.answer == (table.yes if holds else table.no)
+            assert table.final_answer(answer_text(qa, config)) == qa.answer
+            first, second = qa.working.split(gap)
+            sideways = any(table.relations[r] in qa.question for r in ("left", "right"))
+            axis = table.columns if sideways else table.rows
+            assert qa.answer == (table.yes if axis.index(first) < axis.index(second) else table.no)
             checked += 1
     assert checked > 100
 
