@@ -27,8 +27,8 @@ class SceneConfig:
     noise: standard deviation of the background noise, in 0..255 levels.
     attribute_order: the order of the size, colour and shape words.
     held_out_pairs: (colour, shape) pairs kept out of the "train" and "iid" splits.
-    worked_answers: relation answers name both objects' places before the yes/no
-        (see minivlm.data.questions.answer_text).
+    worked_answers: relation answers name the two objects' columns or rows before the
+        yes/no (see minivlm.data.questions.answer_text).
     """
 
     image_size: int = 64

@@ -57,8 +57,8 @@ class Language:
         return [ch for ch in text if not ch.isspace()]
 
     def final_answer(self, text: str) -> str:
-        """What follows the last answer marker of a worked answer ("top left and right,
-        so yes" -> "yes"); a text without the marker is returned whole, stripped."""
+        """What follows the last answer marker of a worked answer ("left to right so
+        yes" -> "yes"); a text without the marker is returned whole, stripped."""
         marker = re.escape(self.answer_marker)
         if self.unit == "word":
             marker = rf"\b{marker}\b"

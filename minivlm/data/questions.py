@@ -47,12 +47,12 @@ class QA:
     question: str
     answer: str
     qa_type: str
-    working: str = ""  # the steps a worked answer states first (relations: both places)
+    working: str = ""  # the steps a worked answer states first (relations: two columns or rows)
 
 
 def answer_text(qa: QA, config: SceneConfig) -> str:
     """The answer as trained: with config.worked_answers and a working, the working and
-    then the answer ("top left and right, so yes"), else the answer alone."""
+    then the answer ("left to right so yes"), else the answer alone."""
     if not (config.worked_answers and qa.working):
         return qa.answer
     table = get_language(config.language)
@@ -159,6 +159,8 @@ def sample_scene_questions(
     """`count` more questions about a scene already drawn: each picks a type uniformly
     among those the scene answers, then an answer uniformly among that type's answers
     in this scene, then a question with that answer."""
+    if count == 0:
+        return []
     excluded = config.held_out_pairs if split != "heldout" else ()
     by_type = {}
     for qa_type in available_qa_types(config):
