@@ -74,7 +74,7 @@ def tiny_case() -> TrainCase:
 
     config = VLMConfig(
         image_size=16, patch_size=8, d_model=32, n_heads=2, n_encoder_layers=1, n_blocks=1,
-        vocab_size=29, encoder_dropout=0.1, max_len=16,
+        vocab_size=29, encoder_dropout=0.1, max_len=16, token_lags=2,
     )  # fmt: skip
     return TrainCase("tiny", config, batch=4, text_length=8)
 
@@ -295,6 +295,24 @@ class TorchTwin:
         v = self._linear(prefix + ".v_linear", context)
         return self._linear(prefix + ".out_linear", self._attend(q, k, v, causal))
 
+    def _lagged_embeddings(self, tokens):
+        """minivlm.models.VLM.lagged_embeddings: sum_j lag_embeddings.{j-1}[id_{t-j}] for
+        j = 1..token_lags, (B, T, d); ids before the first token read row vocab_size."""
+        import torch
+        import torch.nn.functional as tf
+
+        lags, vocab = self.case.model.token_lags, self.case.model.vocab_size
+        batch, length = tokens.shape
+        before = torch.full((batch, lags), vocab, dtype=tokens.dtype, device=tokens.device)
+        context = torch.cat([before, tokens], dim=1)  # (B, lags + T)
+        return sum(
+            tf.embedding(
+                context[:, lags - j : lags - j + length],
+                self.params[f"lag_embeddings.{j - 1}.weight"],
+            )
+            for j in range(1, lags + 1)
+        )
+
     def logits(self, images, tokens):
         import torch.nn.functional as tf
 
@@ -315,6 +333,8 @@ class TorchTwin:
             tf.embedding(tokens, p["token_embedding.weight"])
             + p["position_embedding.weight"][:length]
         )
+        if c.token_lags:
+            x = x + self._lagged_embeddings(tokens)
         for block in range(c.n_blocks):
             prefix = f"vlm_blocks.{block}"
             x = self._layer_norm(

@@ -16,6 +16,10 @@ __device__ __forceinline__ float sqrt_of(float x) { return sqrtf(x); }
 __device__ __forceinline__ double sqrt_of(double x) { return sqrt(x); }
 __device__ __forceinline__ float max_of(float a, float b) { return fmaxf(a, b); }
 __device__ __forceinline__ double max_of(double a, double b) { return fmax(a, b); }
+// a * b rounded on its own: never fused into a later add as an FMA, so a value that is
+// summed and then subtracted again is the same number both times
+__device__ __forceinline__ float mul_rounded(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rounded(double a, double b) { return __dmul_rn(a, b); }
 
 // -inf and NaN from their bit patterns (NVRTC has no INFINITY / NAN macros)
 template <typename T> __device__ __forceinline__ T neg_inf();

@@ -62,7 +62,7 @@ __device__ __forceinline__ void layer_norm_backward_input(const T* __restrict__ 
     T sum_dxhat = T(0), sum_dxhat_xhat = T(0);
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         const T xhat = (x_row[c] - row_mean) * row_rstd;
-        const T dxhat = dy_row[c] * weight[c];
+        const T dxhat = mul_rounded(dy_row[c], weight[c]);  // as in the second loop
         sum_dxhat += dxhat;
         sum_dxhat_xhat += dxhat * xhat;
     }
@@ -71,7 +71,8 @@ __device__ __forceinline__ void layer_norm_backward_input(const T* __restrict__ 
 
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         const T xhat = (x_row[c] - row_mean) * row_rstd;
-        const T dxhat = dy_row[c] * weight[c];
+        // rounded, not fused with "- mean_dxhat": with C = 1, dxhat - mean_dxhat is exactly 0
+        const T dxhat = mul_rounded(dy_row[c], weight[c]);
         dx_row[c] = row_rstd * (dxhat                       // 1: direct
                                 - mean_dxhat                // 2: through the mean
                                 - xhat * mean_dxhat_xhat);  // 3: through rstd

@@ -91,5 +91,10 @@ def to_device(array, device: str):
     return array.get()
 
 
+def on_device_of(tensor, values):
+    """`values` (an array or a list) as an array on the device of `tensor` (a Tensor)."""
+    return to_device(get_array_module(values).asarray(values), tensor.device)
+
+
 def to_numpy(array) -> np.ndarray:
     return to_device(array, "cpu")

@@ -209,11 +209,12 @@ IGNORE = -100
 
 
 def reference_cross_entropy(logits, targets, d_loss, label_smoothing):
-    """(loss (N,), lse (N,), d_logits (N, V)) in float64."""
+    """(loss (N,), row_max (N,), log_sum (N,), d_logits (N, V)) in float64."""
     logits, d_loss = logits.astype(np.float64), d_loss.astype(np.float64)
     rows, vocab = logits.shape
-    row_max = logits.max(1, keepdims=True)
-    lse = (row_max + np.log(np.exp(logits - row_max).sum(1, keepdims=True)))[:, 0]
+    row_max = logits.max(1)
+    log_sum = np.log(np.exp(logits - row_max[:, None]).sum(1))
+    lse = row_max + log_sum
     ignored = targets == IGNORE
     target = np.where(ignored, 0, targets)
     on_target = logits[np.arange(rows), target]
@@ -225,16 +226,19 @@ def reference_cross_entropy(logits, targets, d_loss, label_smoothing):
     softmax = np.exp(logits - lse[:, None])
     d_logits = d_loss[:, None] * (softmax - (1 - eps) * one_hot - eps / vocab)
     d_logits[ignored] = 0.0
-    return loss, lse, d_logits
+    return loss, row_max, log_sum, d_logits
 
 
+# logits near 100: exp(100) overflows float32, so this fails without the max shift;
+# near 1e4: lse rounded in float32 loses the loss's digits, so this fails unless the loss
+# and the softmax are formed from the shifted logits
+@pytest.mark.parametrize("offset", [100.0, 1e4])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("rows, vocab", [(37, 1), (37, 5), (19, 1000), (7, 3001)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_cross_entropy_matches_reference(dtype, rows, vocab, label_smoothing):
+def test_cross_entropy_matches_reference(dtype, rows, vocab, label_smoothing, offset):
     rng = np.random.default_rng(rows * vocab)
-    # logits near 100: exp(100) overflows float32, so this fails without the max shift
-    logits = random_array(rng, (rows, vocab), dtype, spread=4.0) + dtype(100.0)
+    logits = random_array(rng, (rows, vocab), dtype, spread=4.0) + dtype(offset)
     targets = rng.integers(0, vocab, rows)
     targets[rng.random(rows) < 0.25] = IGNORE
     d_loss = random_array(rng, (rows,), dtype)
@@ -242,10 +246,15 @@ def test_cross_entropy_matches_reference(dtype, rows, vocab, label_smoothing):
 
     options = dict(ignore_index=IGNORE, label_smoothing=label_smoothing)
     logits_gpu, targets_gpu, d_loss_gpu = to_gpu(logits, targets, d_loss)
-    loss, lse = cross_entropy_forward(logits_gpu, targets_gpu, **options)
-    d_logits = cross_entropy_backward(logits_gpu, targets_gpu, lse, d_loss_gpu, **options)
+    loss, row_max, log_sum = cross_entropy_forward(logits_gpu, targets_gpu, **options)
+    d_logits = cross_entropy_backward(
+        logits_gpu, targets_gpu, row_max, log_sum, d_loss_gpu, **options
+    )
     for name, got, want in zip(
-        ("loss", "lse", "d_logits"), (loss, lse, d_logits), expected, strict=True
+        ("loss", "row_max", "log_sum", "d_logits"),
+        (loss, row_max, log_sum, d_logits),
+        expected,
+        strict=True,
     ):
         assert_close(name, got, want, dtype)
 

@@ -72,6 +72,16 @@ def test_cross_entropy_gradient_at_1e4_passes_finite_differences(device):
     gradcheck(lambda z: F.cross_entropy(z, targets, label_smoothing=0.1), [logits])
 
 
+def test_bare_ids_and_targets_go_to_the_device_of_the_weights(device):
+    weight = tensor(np.arange(6.0).reshape(3, 2), requires_grad=True, device=device)
+    rows = F.embedding([2, 0], weight)  # a list, no device of its own
+    assert rows.device == device
+    np.testing.assert_array_equal(rows.numpy(), [[4, 5], [0, 1]])
+    losses = F.cross_entropy(rows, np.array([1, 0]), reduction="none")  # a NumPy array
+    assert losses.device == device
+    np.testing.assert_allclose(losses.numpy(), [math.log1p(math.e**-1), math.log1p(math.e)])
+
+
 def test_cross_entropy_with_every_target_ignored_is_zero_with_zero_gradient(randn, device):
     logits = randn(2, 3)
     loss = F.cross_entropy(logits, tensor(np.array([-100, -100]), device=device))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module
+from ..backend import get_array_module, on_device_of
 
 
 class Embedding(Function):
@@ -24,8 +24,11 @@ class Embedding(Function):
 
 
 def embedding(input: Tensor, weight: Tensor) -> Tensor:  # noqa: A002 - torch's name
-    """torch.nn.functional.embedding: rows of `weight` (V, D) picked by integer ids."""
-    ids = input.data if isinstance(input, Tensor) else input
+    """torch.nn.functional.embedding: rows of `weight` (V, D) picked by integer ids.
+
+    `input` is a Tensor (on the weight's device) or a bare array or list of ids, which is
+    moved to the weight's device."""
+    ids = input.data if isinstance(input, Tensor) else on_device_of(weight, input)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding: input must hold integer ids, got dtype {ids.dtype}")
     vocab = weight.shape[0]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module
+from ..backend import get_array_module, on_device_of
 
 
 def _cross_entropy_rows(logits, targets, ignore_index: int, smoothing: float):
@@ -55,14 +55,14 @@ class CrossEntropy(Function):
         if xp.__name__ == "cupy":
             from ..kernels_cuda.cross_entropy import cross_entropy_forward
 
-            rows, lse = cross_entropy_forward(
+            rows, *row_stats = cross_entropy_forward(
                 logits, targets, ignore_index=self.ignore_index, label_smoothing=self.smoothing
-            )
+            )                                                 # row_stats: max, log_sum (N,)
             counted = targets != self.ignore_index
         else:
             rows, counted = _cross_entropy_rows(logits, targets, self.ignore_index, self.smoothing)
-            lse = None  # the NumPy backward recomputes the softmax from the logits
-        self.save(logits, targets, lse, counted)
+            row_stats = None  # the NumPy backward recomputes the softmax from the logits
+        self.save(logits, targets, row_stats, counted)
         if self.reduction == "none":
             return rows
         total = rows.sum()
@@ -73,7 +73,7 @@ class CrossEntropy(Function):
         return total / logits.dtype.type(self.count)
 
     def backward(self, dy):
-        logits, targets, lse, counted = self.saved
+        logits, targets, row_stats, counted = self.saved
         xp = get_array_module(logits)
         if self.reduction == "none":
             d_rows = dy                                       # (N,)
@@ -84,7 +84,7 @@ class CrossEntropy(Function):
             from ..kernels_cuda.cross_entropy import cross_entropy_backward
 
             d_logits = cross_entropy_backward(
-                logits, targets, lse, xp.ascontiguousarray(d_rows),
+                logits, targets, *row_stats, xp.ascontiguousarray(d_rows),
                 ignore_index=self.ignore_index, label_smoothing=self.smoothing,
             )
         else:
@@ -99,8 +99,11 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
 ) -> Tensor:
-    """torch.nn.functional.cross_entropy for logits (N, V) and integer targets (N,)."""
-    targets = target.data if isinstance(target, Tensor) else target
+    """torch.nn.functional.cross_entropy for logits (N, V) and integer targets (N,).
+
+    `target` is a Tensor (on the logits' device) or a bare array or list of class ids,
+    which is moved to the logits' device."""
+    targets = target.data if isinstance(target, Tensor) else on_device_of(input, target)
     if input.ndim != 2:
         raise ValueError(f"cross_entropy: input must be logits of shape (N, V), got {input.shape}")
     if targets.dtype.kind not in "iu":

@@ -2,6 +2,7 @@
 kernels/cross_entropy.cu. Same signatures as the CPU kernels.
 
     loss_i = (1 - eps) (lse_i - z_i[t_i]) + eps (lse_i - mean_j z_ij),  0 where t_i == ignore_index
+    lse_i = row_max_i + log_sum_i                 (the two parts are kept apart)
     d_logits_ij = d_loss_i (softmax_ij - (1 - eps) [j == t_i] - eps / V)
 """
 
@@ -51,16 +52,20 @@ def _targets(cupy, targets, rows: int, vocab: int, ignore_index: int):
 def cross_entropy_forward(
     logits, targets, *, ignore_index: int = -100, label_smoothing: float = 0.0
 ) -> tuple:
-    """Per-row loss and log-sum-exp of logits (N, V) against integer targets (N,).
+    """Per-row loss of logits (N, V) against integer targets (N,), and the row statistics
+    the backward needs.
 
-    Returns (loss_per_row (N,), lse (N,)); lse is computed for ignored rows too.
+    Returns (loss_per_row (N,), row_max (N,), log_sum (N,)), where the log-sum-exp of row i
+    is row_max_i + log_sum_i; kept apart, not added, so that float32 keeps the digits of
+    the softmax next to large logits. The statistics are computed for ignored rows too.
     """
     cupy = require_cuda()
     rows, vocab = _check_logits(cupy, logits)
     _check_options(ignore_index, label_smoothing)
     targets = _targets(cupy, targets, rows, vocab, ignore_index)
     loss = new_output(cupy, (rows,), logits.dtype)  # (N,)
-    lse = new_output(cupy, (rows,), logits.dtype)  # (N,)
+    row_max = new_output(cupy, (rows,), logits.dtype)  # (N,)
+    log_sum = new_output(cupy, (rows,), logits.dtype)  # (N,)
     if rows:
         kernel = get_kernel(SOURCE, f"cross_entropy_forward_{dtype_suffix(logits.dtype)}")
         kernel(
@@ -70,27 +75,28 @@ def cross_entropy_forward(
                 logits,
                 targets,
                 loss,
-                lse,
+                row_max,
+                log_sum,
                 np.int32(vocab),
                 np.int32(ignore_index),
                 logits.dtype.type(label_smoothing),
             ),
         )
-    return loss, lse
+    return loss, row_max, log_sum
 
 
 def cross_entropy_backward(
-    logits, targets, lse, d_loss, *, ignore_index: int = -100, label_smoothing: float = 0.0
+    logits, targets, row_max, log_sum, d_loss, *, ignore_index: int = -100,
+    label_smoothing: float = 0.0,
 ):
     """d_logits (N, V) = d_loss_i (softmax_ij - (1 - eps) [j == t_i] - eps / V), 0 for
-    ignored rows, from the forward's lse (N,) and the upstream d_loss (N,)."""
+    ignored rows, from the forward's row_max and log_sum (N,) and the upstream d_loss (N,)."""
     cupy = require_cuda()
     rows, vocab = _check_logits(cupy, logits)
     _check_options(ignore_index, label_smoothing)
-    check_float_array(cupy, "lse", lse, 1, logits.dtype)
-    check_float_array(cupy, "d_loss", d_loss, 1, logits.dtype)
-    check_shape("lse", lse, (rows,), "one per row of logits")
-    check_shape("d_loss", d_loss, (rows,), "one per row of logits")
+    for name, per_row in (("row_max", row_max), ("log_sum", log_sum), ("d_loss", d_loss)):
+        check_float_array(cupy, name, per_row, 1, logits.dtype)
+        check_shape(name, per_row, (rows,), "one per row of logits")
     targets = _targets(cupy, targets, rows, vocab, ignore_index)
     d_logits = new_output(cupy, logits.shape, logits.dtype)  # (N, V)
     if rows:
@@ -101,7 +107,8 @@ def cross_entropy_backward(
             (
                 logits,
                 targets,
-                lse,
+                row_max,
+                log_sum,
                 d_loss,
                 d_logits,
                 np.int32(vocab),
