@@ -200,6 +200,7 @@ def test_to_cuda_and_back_keeps_values_and_sends_gradients_home():
         (np.array([4, 1, 4, 4]), [0, 1, 0, 0, 3]),  # repeated ids add up
         (np.array([[0, 0], [2, 0]]), [3, 0, 1, 0, 0]),
         (np.array([True, False, True, False, False]), [1, 0, 1, 0, 0]),
+        ((Ellipsis, slice(1, 4), None), [0, 1, 1, 1, 0]),
     ],
     ids=[
         "slice",
@@ -209,6 +210,7 @@ def test_to_cuda_and_back_keeps_values_and_sends_gradients_home():
         "repeated_ids",
         "2d_ids",
         "bool_mask",
+        "ellipsis_slice_newaxis",
     ],
 )
 def test_indexing_picks_like_numpy_and_scatter_adds_the_gradient(index, expected_grad, randn):

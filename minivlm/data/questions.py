@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -98,7 +99,8 @@ def questions_of_type(
     if qa_type in ("colour", "shape", "size", "position"):
         return _attribute_questions(scene, qa_type, table, order)
     if qa_type == "exists":
-        return _exists_questions(scene, table, order, set(excluded_pairs))
+        phrases = _exists_phrases(language, order)
+        return _exists_questions(scene, table, phrases, set(excluded_pairs))
     if qa_type == "count":
         return _count_questions(scene, table)
     return _relation_questions(scene, table, order)
@@ -229,24 +231,36 @@ def _attribute_questions(
     return questions
 
 
-def _exists_questions(
-    scene: Scene, table: Language, order: tuple[str, ...], excluded: set[tuple[str, str]]
-) -> list[QA]:
-    present = {obj.pair for obj in scene.objects}
+@cache
+def _exists_phrases(
+    language: str, order: tuple[str, ...]
+) -> tuple[tuple[tuple[str, str], str], ...]:
+    """((colour, shape), "is there a red circle?") for every pair: the same for every
+    scene, so built once per language and attribute order."""
+    table = get_language(language)
     fields = [f for f in order if f != "size"]
-    questions = []
+    phrases = []
     for colour in COLOURS:
         for shape in SHAPES:
-            if (colour, shape) in excluded:
-                continue
             probe = SceneObject(colour, shape, SIZES[0], 0, 0)
             words = [word for _, word in attribute_words(probe, fields, table)]
             indefinite = article_for(words[0], table) + table.word_gap.join(words)
-            answer = table.yes if (colour, shape) in present else table.no
-            questions.append(
-                QA(table.questions["exists"].format(indefinite=indefinite), answer, "exists")
+            phrases.append(
+                ((colour, shape), table.questions["exists"].format(indefinite=indefinite))
             )
-    return questions
+    return tuple(phrases)
+
+
+def _exists_questions(
+    scene: Scene, table: Language, phrases: tuple, excluded: set[tuple[str, str]]
+) -> list[QA]:
+    """One yes/no question per (colour, shape) pair not excluded; phrases from _exists_phrases."""
+    present = {obj.pair for obj in scene.objects}
+    return [
+        QA(text, table.yes if pair in present else table.no, "exists")
+        for pair, text in phrases
+        if pair not in excluded
+    ]
 
 
 def _count_questions(scene: Scene, table: Language) -> list[QA]:

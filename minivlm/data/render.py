@@ -28,10 +28,11 @@ def render_scene(scene: Scene, image_size: int = 64) -> Image.Image:
     pixels = rng.standard_normal((image_size, image_size, 3), dtype=np.float32)  # (S, S, 3)
     pixels *= scene.noise
     pixels += scene.background  # 0..255 before clipping
-    for obj, alpha in zip(scene.objects, object_coverage(scene, image_size), strict=True):
+    for obj in scene.objects:
+        rows, cols, alpha = _object_patch(obj, image_size)  # alpha (h, w): 0 outside the patch
         colour = np.array(COLOUR_RGB[obj.colour], dtype=np.float32)  # (3,)
-        alpha = alpha[:, :, None]  # (S, S, 1)
-        pixels += alpha * (colour - pixels)  # = pixels (1 - alpha) + colour alpha
+        patch = pixels[rows, cols]  # (h, w, 3), a view
+        patch += alpha[:, :, None] * (colour - patch)  # = patch (1 - alpha) + colour alpha
     np.rint(pixels, out=pixels)
     np.clip(pixels, 0, 255, out=pixels)
     return Image.fromarray(pixels.astype(np.uint8), "RGB")
@@ -45,14 +46,32 @@ def object_masks(scene: Scene, image_size: int = 64) -> np.ndarray:
 def object_coverage(scene: Scene, image_size: int = 64) -> np.ndarray:
     """(n_objects, S, S) float32 in [0, 1]: the fraction of each pixel an object covers."""
     _check_image_size(image_size)
-    big = image_size * SUPERSAMPLE
     coverage = np.zeros((len(scene.objects), image_size, image_size), dtype=np.float32)
     for index, obj in enumerate(scene.objects):
-        canvas = Image.new("L", (big, big), 0)
-        _draw_shape(ImageDraw.Draw(canvas), obj, cell=big / GRID)
-        small = canvas.reduce(SUPERSAMPLE)  # box average of SUPERSAMPLE^2 sub-pixels
-        coverage[index] = np.asarray(small, dtype=np.float32) / 255.0
+        rows, cols, alpha = _object_patch(obj, image_size)
+        coverage[index, rows, cols] = alpha
     return coverage
+
+
+def _object_patch(obj: SceneObject, image_size: int) -> tuple[slice, slice, np.ndarray]:
+    """(rows, cols, coverage (h, w) float32): the object's coverage of the pixels in a box
+    around it, a pixel wider than its outline on every side; it covers nothing outside.
+
+    Drawn SUPERSAMPLE times larger on a canvas the size of that box only (not the whole
+    image), then box-averaged down."""
+    big_cell = image_size * SUPERSAMPLE / GRID  # a cell's width on the supersampled grid
+    cx, cy = (obj.col + 0.5 + obj.dx) * big_cell, (obj.row + 0.5 + obj.dy) * big_cell
+    r = SIZE_FRACTION[obj.size] * big_cell / 2
+    x0 = max(0, math.floor((cx - r) / SUPERSAMPLE) - 1)  # the box, in image pixels
+    x1 = min(image_size, math.ceil((cx + r) / SUPERSAMPLE) + 1)
+    y0 = max(0, math.floor((cy - r) / SUPERSAMPLE) - 1)
+    y1 = min(image_size, math.ceil((cy + r) / SUPERSAMPLE) + 1)
+    canvas = Image.new("L", ((x1 - x0) * SUPERSAMPLE, (y1 - y0) * SUPERSAMPLE), 0)
+    origin = (x0 * SUPERSAMPLE, y0 * SUPERSAMPLE)
+    _draw_shape(ImageDraw.Draw(canvas), obj, big_cell, origin)
+    small = canvas.reduce(SUPERSAMPLE)  # box average of SUPERSAMPLE^2 sub-pixels
+    alpha = np.asarray(small, dtype=np.float32) / 255.0
+    return slice(y0, y1), slice(x0, x1), alpha
 
 
 def _check_image_size(image_size: int) -> None:
@@ -60,10 +79,13 @@ def _check_image_size(image_size: int) -> None:
         raise ValueError(f"image_size: expected an int >= {GRID}, got {image_size!r}")
 
 
-def _draw_shape(draw: ImageDraw.ImageDraw, obj: SceneObject, cell: float) -> None:
-    """Fill the object's shape with 255, in pixel units where a cell is `cell` wide."""
-    cx = (obj.col + 0.5 + obj.dx) * cell
-    cy = (obj.row + 0.5 + obj.dy) * cell
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, obj: SceneObject, cell: float, origin: tuple[int, int]
+) -> None:
+    """Fill the object's shape with 255, in pixel units where a cell is `cell` wide, on a
+    canvas whose top-left corner is pixel `origin` of the whole image."""
+    cx = (obj.col + 0.5 + obj.dx) * cell - origin[0]
+    cy = (obj.row + 0.5 + obj.dy) * cell - origin[1]
     r = SIZE_FRACTION[obj.size] * cell / 2  # half the side of the bounding box
     if obj.shape == "circle":
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)

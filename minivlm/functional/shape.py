@@ -54,8 +54,17 @@ class GetItem(Function):
     def backward(self, dy):
         xp = get_array_module(dy)
         dx = xp.zeros(self.in_shape, dtype=dy.dtype)
-        xp.add.at(dx, self.index, dy)
+        if _is_basic(self.index):
+            dx[self.index] = dy  # slices and integers pick each element at most once
+        else:
+            xp.add.at(dx, self.index, dy)  # an index array may repeat an element
         return dx
+
+
+def _is_basic(index) -> bool:
+    """Whether x[index] is basic indexing (integers, slices, None, ...), never an array."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(part is None or part is Ellipsis or isinstance(part, (slice, int)) for part in parts)
 
 
 class Concat(Function):
