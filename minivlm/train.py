@@ -17,6 +17,7 @@ import numpy as np
 
 from . import functional as F
 from . import random
+from .augment import AttributeCorruption, GreyscaleCaptions
 from .autograd import Tensor, no_grad
 from .data import (
     IGNORE_INDEX,
@@ -26,6 +27,7 @@ from .data import (
     Tokenizer,
     collate,
     default_tokenizer,
+    get_language,
 )
 from .data.stream import TrainingStream, stream_batches
 from .models import VLM, VLMConfig
@@ -122,41 +124,6 @@ def length_groups(lengths: np.ndarray) -> list[np.ndarray]:
     return [order[:cut], order[cut:]]
 
 
-class AttributeCorruption:
-    """Replaces colour and shape words in the decoder's teacher-forced input at random.
-
-    The targets keep the true words, so after a corrupted colour the model cannot lean
-    on "red is usually a square": the shape must come from the image. Only words the
-    model was trained to produce are touched (input t where target t-1 is trained),
-    and only in caption rows: a question's words are the task itself, and in a
-    described question (`qa_format="describe"`) the caption is the evidence the
-    answer is read from; corrupting either would make the answer contradict its input.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, words_by_kind: dict[str, list[str]], rate: float):
-        self.rate = rate
-        self.groups = [
-            np.array([tokenizer.ids[w] for w in words if w in tokenizer.ids])
-            for words in words_by_kind.values()
-        ]
-
-    def __call__(
-        self, inputs: np.ndarray, targets: np.ndarray, answers: np.ndarray, step: int
-    ) -> np.ndarray:
-        """inputs, targets, answers: (B, T) as from `collate`; a corrupted copy of inputs."""
-        if self.rate == 0.0:
-            return inputs
-        rng = np.random.default_rng([step, 7])  # a function of the step only: resumes exactly
-        generated = np.zeros(inputs.shape, dtype=bool)  # (B, T): input t was target t-1
-        generated[:, 1:] = targets[:, :-1] != IGNORE_INDEX
-        generated &= ~answers.any(axis=1, keepdims=True)  # question rows stay as they are
-        corrupted = inputs.copy()
-        for ids in self.groups:
-            hit = generated & np.isin(inputs, ids) & (rng.random(inputs.shape) < self.rate)
-            corrupted[hit] = rng.choice(ids, size=int(hit.sum()))
-        return corrupted
-
-
 @dataclass
 class Trainer:
     config: TrainConfig
@@ -195,9 +162,17 @@ class Trainer:
     def batch(self, step: int) -> Batch:
         return self.stream().batch(step)
 
-    def train_step(self, batch, corruption: AttributeCorruption) -> float:
+    def train_step(
+        self,
+        batch: Batch,
+        corruption: AttributeCorruption,
+        greyscale: GreyscaleCaptions | None = None,
+    ) -> float:
         self.model.train()
+        # corruption reads which words are trained before greyscale drops colour targets
         inputs = corruption(batch.inputs, batch.targets, batch.answers, self.step)
+        if greyscale is not None:
+            batch = greyscale(batch, self.step)
         c = self.config
         weights = target_weights(batch.targets, batch.answers, c.loss_weighting, c.answer_weight)
         self.optimizer.zero_grad()
@@ -271,6 +246,12 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     corruption = AttributeCorruption(
         trainer.tokenizer, _attribute_words(trainer), config.corrupt_attributes
     )
+    greyscale = GreyscaleCaptions(
+        trainer.tokenizer,
+        list(get_language(config.language).colours.values()),
+        config.greyscale_captions,
+        config.seed,
+    )
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     log = open(out / "log.jsonl", "a" if resume else "w")
     bar = _progress(config, trainer.step, end)
@@ -278,7 +259,7 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     started, samples = time.perf_counter(), 0
     try:
         for batch in batches:
-            loss = trainer.train_step(batch, corruption)
+            loss = trainer.train_step(batch, corruption, greyscale)
             samples += config.batch_size
             rate = samples / (time.perf_counter() - started)
             record = {

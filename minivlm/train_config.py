@@ -33,6 +33,8 @@ class TrainConfig:
     corrupt_attributes: float = (
         0.0  # chance that a colour/shape word in the decoder's input is replaced
     )
+    # share of caption examples shown in greyscale, colour words untrained (minivlm.augment)
+    greyscale_captions: float = 0.0
     loss_weighting: str = "token"  # "token" or "sequence" (see minivlm.train.target_weights)
     answer_weight: float = 1.0  # an answer token's weight in the loss, a caption token's is 1
     # model (see minivlm.models.VLMConfig)
@@ -84,6 +86,7 @@ class TrainConfig:
             ("loss_weighting", self.loss_weighting in LOSS_WEIGHTINGS, f"one of {LOSS_WEIGHTINGS}"),
             ("answer_weight", self.answer_weight > 0, "positive"),
             ("corrupt_attributes", 0.0 <= self.corrupt_attributes < 1.0, "a number in [0, 1)"),
+            ("greyscale_captions", 0.0 <= self.greyscale_captions <= 1.0, "a number in [0, 1]"),
             ("token_lags", 0 <= self.token_lags < self.max_len, "an int in [0, max_len)"),
             ("steps", self.steps >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
@@ -135,6 +138,7 @@ PRESETS: dict[str, dict] = {
         worked_answers=True,
         max_len=80,
         corrupt_attributes=0.5,
+        greyscale_captions=0.5,
         token_lags=3,
         steps=2000,
         batch_size=64,

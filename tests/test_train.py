@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minivlm.train as train_module
-from minivlm.data import Example, collate
+from minivlm.augment import AttributeCorruption
 from minivlm.train import (
-    AttributeCorruption,
     Trainer,
     length_groups,
     sequence_loss,
@@ -36,6 +35,7 @@ def test_resumed_run_repeats_the_uninterrupted_loss_sequence_exactly(tmp_path):
         task="mix",
         qa_start=0.25,
         corrupt_attributes=0.3,
+        greyscale_captions=0.5,
         encoder_dropout=0.1,
     )
     train(preset("tiny", out_dir=str(tmp_path / "whole"), **settings))
@@ -90,6 +90,7 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
         ("lr", -1.0, "positive"),
         ("device", "tpu", "'cpu' or 'cuda'"),
         ("corrupt_attributes", 1.5, "[0, 1)"),
+        ("greyscale_captions", -0.1, "[0, 1]"),
     ],
 )
 def test_bad_train_config_names_the_field(field, value, expected):
@@ -112,52 +113,6 @@ def test_unknown_config_field_is_listed():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ValueError, match="demo"):
         preset("huge")
-
-
-def test_attribute_corruption_changes_only_attribute_words_and_is_a_function_of_the_step():
-    trainer = Trainer.create(preset("tiny"))
-    tok = trainer.tokenizer
-    words = {"colour": ["red", "blue", "green"], "shape": ["circle", "square"]}
-    corrupt = AttributeCorruption(tok, words, rate=0.9)
-    batch = collate(
-        [_caption_example(tok, "a small red circle at the top left and a large blue square")] * 4
-    )
-    inputs = batch.inputs
-    out = corrupt(inputs, batch.targets, batch.answers, step=3)
-    attribute_ids = {tok.ids[w] for ws in words.values() for w in ws}
-    changed = out != inputs
-    assert changed.any()
-    assert all(int(i) in attribute_ids for i in inputs[changed])
-    assert all(int(i) in attribute_ids for i in out[changed])
-    np.testing.assert_array_equal(out, corrupt(inputs, batch.targets, batch.answers, step=3))
-
-
-def test_attribute_corruption_never_touches_a_question_row():
-    """Neither the question nor, in a described question, the caption the answer is read
-    from: only caption rows are corrupted."""
-    trainer = Trainer.create(preset("tiny"))
-    tok = trainer.tokenizer
-    corrupt = AttributeCorruption(tok, {"colour": ["red", "blue"]}, rate=0.99)
-    image = np.zeros((3, 4, 4), np.float32)
-    ids, loss_start = tok.qa_sequence("what shape is the red object ?", "red")
-    direct = Example(image, tuple(ids), loss_start, "qa")
-    ids, loss_start, untrained = tok.described_qa_sequence(
-        "a small red circle and a large blue square",
-        [("what colour is the circle ?", "red"), ("what size is the red circle ?", "small")],
-    )
-    described = Example(image, tuple(ids), loss_start, "qa", untrained=untrained)
-    caption = _caption_example(tok, "a small red circle and a large blue square")
-    batch = collate([direct, described, caption] * 4)
-    out = corrupt(batch.inputs, batch.targets, batch.answers, step=0)
-    question_rows = batch.answers.any(axis=1)
-    assert question_rows.sum() == 8
-    np.testing.assert_array_equal(out[question_rows], batch.inputs[question_rows])
-    assert (out[~question_rows] != batch.inputs[~question_rows]).any()
-
-
-def _caption_example(tok, text):
-    ids, loss_start = tok.caption_sequence(text)
-    return Example(np.zeros((3, 4, 4), np.float32), tuple(ids), loss_start, "caption")
 
 
 def test_target_weights_per_token_and_per_sequence_with_heavier_answers():
