@@ -122,7 +122,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The README's `minivlm demo`: about 10 minutes on 2 CPU cores.
+    # The README's `minivlm demo`: 11-13 minutes on 2 CPU cores (the goal is about 10).
     "demo": dict(
         image_size=64,
         patch_size=8,
