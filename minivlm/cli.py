@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
-        "demo", help="train, evaluate and draw the default model (11-13 min on 2 cores)"
+        "demo", help="train, evaluate and draw the default model (about 10 min on 2 cores)"
     )
     add_config_arguments(demo)
     demo.set_defaults(handler=_demo)

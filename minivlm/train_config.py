@@ -122,7 +122,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # The README's `minivlm demo`: 11-13 minutes on 2 CPU cores (the goal is about 10).
+    # The README's `minivlm demo`: about 10 minutes on 2 CPU cores.
     "demo": dict(
         image_size=64,
         patch_size=8,
@@ -140,7 +140,7 @@ PRESETS: dict[str, dict] = {
         corrupt_attributes=0.5,
         greyscale_captions=0.5,
         token_lags=3,
-        steps=2000,
+        steps=1700,
         batch_size=64,
         lr=2e-3,
         warmup_steps=80,
