@@ -243,14 +243,10 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     trainer = Trainer.create(config)
     if resume:
         load_training_state(out, trainer)
-    corruption = AttributeCorruption(
-        trainer.tokenizer, _attribute_words(trainer), config.corrupt_attributes
-    )
+    words = _attribute_words(config.language)
+    corruption = AttributeCorruption(trainer.tokenizer, words, config.corrupt_attributes)
     greyscale = GreyscaleCaptions(
-        trainer.tokenizer,
-        list(get_language(config.language).colours.values()),
-        config.greyscale_captions,
-        config.seed,
+        trainer.tokenizer, words["colour"], config.greyscale_captions, config.seed
     )
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     log = open(out / "log.jsonl", "a" if resume else "w")
@@ -286,10 +282,10 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     return trainer
 
 
-def _attribute_words(trainer: Trainer) -> dict[str, list[str]]:
-    from .data.vocabulary import COLOURS, SHAPES
-
-    return {"colour": list(COLOURS), "shape": list(SHAPES)}
+def _attribute_words(language: str) -> dict[str, list[str]]:
+    """The language's colour and shape words, as its captions spell them."""
+    table = get_language(language)
+    return {"colour": list(table.colours.values()), "shape": list(table.shapes.values())}
 
 
 def _progress(config: TrainConfig, start: int, end: int):
