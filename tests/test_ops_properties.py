@@ -131,6 +131,27 @@ def test_permute_moves_axes_like_numpy_and_its_gradient_moves_them_home(
     gradcheck(lambda t: F.permute(t, axes), [x], seed=seed)
 
 
+@FEW
+@given(
+    ids_shape=array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=5),
+    vocab=st.integers(1, 6),
+    seed=seeds,
+)
+def test_embedding_gradient_sums_every_use_of_a_row(ids_shape, vocab, seed, device, make_tensor):
+    """dW[v] = sum of dy over the positions holding id v (np.add.at as the reference),
+    for repeated, unused and no ids at all."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, ids_shape)
+    weight = make_tensor(rng, vocab, 3, device=device)  # float64
+    upstream = rng.standard_normal((*ids_shape, 3))
+    (got,) = _backward_grads(
+        lambda w: F.embedding(ids, w), [weight], tensor(upstream, dtype=np.float64, device=device)
+    )
+    expected = np.zeros((vocab, 3))
+    np.add.at(expected, ids.reshape(-1), upstream.reshape(-1, 3))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
 # -- attention: masks, primitives, naive vs fused ------------------------------------------
 
 
