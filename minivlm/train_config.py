@@ -28,7 +28,7 @@ class TrainConfig:
     qa_fraction: float = 0.3  # with task "mix": the share of question-answer examples
     qa_start: float = 0.0  # with task "mix": QA joins after this fraction of the steps
     qa_format: str = "direct"  # "direct" or "describe": caption first, then answer
-    worked_answers: bool = False  # relations: "left to right so yes" (see SceneConfig)
+    worked_answers: bool = False  # "left to right so yes", "star so two" (see SceneConfig)
     questions_per_image: int = 1  # with qa_format "describe": questions asked in turn
     corrupt_attributes: float = (
         0.0  # chance that a colour/shape word in the decoder's input is replaced
@@ -139,7 +139,7 @@ PRESETS: dict[str, dict] = {
         max_len=80,
         corrupt_attributes=0.5,
         greyscale_captions=0.5,
-        token_lags=3,
+        token_lags=6,
         steps=1700,
         batch_size=64,
         lr=2e-3,

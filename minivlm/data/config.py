@@ -28,7 +28,7 @@ class SceneConfig:
     attribute_order: the order of the size, colour and shape words.
     held_out_pairs: (colour, shape) pairs kept out of the "train" and "iid" splits.
     worked_answers: relation answers name the two objects' columns or rows before the
-        yes/no (see minivlm.data.questions.answer_text).
+        yes/no, counts of one shape the shape (see minivlm.data.questions.answer_text).
     """
 
     image_size: int = 64

@@ -8,7 +8,9 @@ Worked answers (`SceneConfig.worked_answers`): a relation is answered by first n
 the two objects' columns or rows, then the answer: "is the red circle left of the blue
 square?" -> "left to right so yes", "is the blue square right of the red circle?" ->
 the same. Each step is then one look-up in the caption or the image, and the yes/no
-compares two words just said, not two places found far apart.
+compares two words just said, not two places found far apart. A count of one shape
+first says the shape in the singular, the word the caption uses: "how many stars are
+there?" -> "star so two"; the count then looks up the word just said, not the plural.
 
 Balance: `sample_balanced_qa` first picks the answer uniformly from the type's
 answer space, then draws scenes until one has a question with that answer, so
@@ -48,7 +50,8 @@ class QA:
     question: str
     answer: str
     qa_type: str
-    working: str = ""  # the steps a worked answer states first (relations: two columns or rows)
+    # what a worked answer says first: a relation's two columns or rows, a count's shape
+    working: str = ""
 
 
 def answer_text(qa: QA, config: SceneConfig) -> str:
@@ -268,7 +271,7 @@ def _count_questions(scene: Scene, table: Language) -> list[QA]:
     for shape in SHAPES:
         n = sum(obj.shape == shape for obj in scene.objects)
         text = table.questions["count_shape"].format(plural=shape_plural(table, shape))
-        questions.append(QA(text, table.counts[n], "count"))
+        questions.append(QA(text, table.counts[n], "count", working=table.shapes[shape]))
     return questions
 
 

@@ -1,4 +1,5 @@
-"""Worked answers: a relation is answered by naming both objects' places, then yes/no."""
+"""Worked answers: a relation is answered by naming both objects' columns or rows, then
+yes/no; a count of one shape by naming the shape in the singular, then the count."""
 
 from __future__ import annotations
 
@@ -54,7 +55,19 @@ def test_chinese_relation_working():
     assert worked["蓝色正方形在红色圆形的上方吗？"] == "中到上，所以否"
 
 
-@pytest.mark.parametrize("qa_type", [t for t in QA_TYPES if t != "relation"])
+def test_a_count_of_one_shape_first_says_the_shape():
+    worked = {qa.question: answer_text(qa, WORKED) for qa in questions_of_type(SCENE, "count")}
+    assert worked["how many circles are there?"] == "circle so one"
+    assert worked["how many crosses are there?"] == "cross so zero"
+    assert worked["how many objects are there?"] == "two"
+    zh = SceneConfig(language="zh", worked_answers=True)
+    chinese = {qa.question: answer_text(qa, zh) for qa in questions_of_type(SCENE, "count", "zh")}
+    assert chinese["有几个圆形？"] == "圆形，所以一个"
+    plain = {qa.question: answer_text(qa, SceneConfig()) for qa in questions_of_type(SCENE, "count")}
+    assert plain["how many circles are there?"] == "one"
+
+
+@pytest.mark.parametrize("qa_type", [t for t in QA_TYPES if t not in ("relation", "count")])
 def test_other_question_types_answer_directly(qa_type):
     for qa in questions_of_type(SCENE, qa_type):
         assert qa.working == "" and answer_text(qa, WORKED) == qa.answer
@@ -92,9 +105,9 @@ def test_final_answer_of_a_plain_answer_is_the_answer(language):
 def test_the_working_is_trained_as_part_of_the_answer(qa_format):
     data = SceneDataset(WORKED, "train", 60, 1, task="qa", qa_format=qa_format)
     tok = data.tokenizer
-    relations = [i for i in range(len(data)) if data.record(i).qa.qa_type == "relation"]
-    assert relations
-    for i in relations:
+    worked = [i for i in range(len(data)) if data.record(i).qa.working]
+    assert {data.record(i).qa.qa_type for i in worked} == {"relation", "count"}
+    for i in worked:
         example, qa = data[i], data.record(i).qa
         batch = collate([example])
         trained = batch.targets[0][batch.answers[0]]  # the answer's targets, <eos> last
