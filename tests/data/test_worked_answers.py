@@ -63,7 +63,8 @@ def test_a_count_of_one_shape_first_says_the_shape():
     zh = SceneConfig(language="zh", worked_answers=True)
     chinese = {qa.question: answer_text(qa, zh) for qa in questions_of_type(SCENE, "count", "zh")}
     assert chinese["有几个圆形？"] == "圆形，所以一个"
-    plain = {qa.question: answer_text(qa, SceneConfig()) for qa in questions_of_type(SCENE, "count")}
+    counts = questions_of_type(SCENE, "count")
+    plain = {qa.question: answer_text(qa, SceneConfig()) for qa in counts}
     assert plain["how many circles are there?"] == "one"
 
 
