@@ -28,7 +28,7 @@ class TrainConfig:
     qa_fraction: float = 0.3  # with task "mix": the share of question-answer examples
     qa_start: float = 0.0  # with task "mix": QA joins after this fraction of the steps
     qa_format: str = "direct"  # "direct" or "describe": caption first, then answer
-    worked_answers: bool = False  # "left to right so yes", "star so two" (see SceneConfig)
+    worked_answers: bool = False  # "red circle left to ... so yes", "star so two" (SceneConfig)
     questions_per_image: int = 1  # with qa_format "describe": questions asked in turn
     corrupt_attributes: float = (
         0.0  # chance that a colour/shape word in the decoder's input is replaced

@@ -27,7 +27,7 @@ class SceneConfig:
     noise: standard deviation of the background noise, in 0..255 levels.
     attribute_order: the order of the size, colour and shape words.
     held_out_pairs: (colour, shape) pairs kept out of the "train" and "iid" splits.
-    worked_answers: relation answers name the two objects' columns or rows before the
+    worked_answers: relation answers name each object and its column or row before the
         yes/no, counts of one shape the shape (see minivlm.data.questions.answer_text).
     """
 

@@ -44,7 +44,8 @@ class Language:
     no: str
     columns: tuple[str, str, str]  # a cell's column, left to right (worked relation answers)
     rows: tuple[str, str, str]  # a cell's row, top to bottom
-    relation_working: str  # fields: first, second (a worked relation answer's steps)
+    # fields: first_object, first, second_object, second (a worked relation answer's steps)
+    relation_working: str
     worked_answer: str  # fields: working, answer
     answer_marker: str  # the word in worked_answer that comes just before the answer
     counts: tuple[str, ...]  # counts[n] answers "how many" with n
@@ -57,8 +58,9 @@ class Language:
         return [ch for ch in text if not ch.isspace()]
 
     def final_answer(self, text: str) -> str:
-        """What follows the last answer marker of a worked answer ("left to right so
-        yes" -> "yes"); a text without the marker is returned whole, stripped."""
+        """What follows the last answer marker of a worked answer ("red circle left to
+        blue square right so yes" -> "yes"); a text without the marker is returned
+        whole, stripped."""
         marker = re.escape(self.answer_marker)
         if self.unit == "word":
             marker = rf"\b{marker}\b"
@@ -149,7 +151,7 @@ ENGLISH = Language(
     no="no",
     columns=("left", "middle", "right"),
     rows=("top", "middle", "bottom"),
-    relation_working="{first} to {second}",
+    relation_working="{first_object} {first} to {second_object} {second}",
     worked_answer="{working} so {answer}",
     answer_marker="so",
     counts=("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
@@ -206,7 +208,7 @@ CHINESE = Language(
     no="否",
     columns=("左", "中", "右"),
     rows=("上", "中", "下"),
-    relation_working="{first}到{second}",
+    relation_working="{first_object}{first}到{second_object}{second}",
     worked_answer="{working}，所以{answer}",
     answer_marker="所以",
     counts=("零个", "一个", "两个", "三个", "四个", "五个", "六个", "七个", "八个", "九个"),

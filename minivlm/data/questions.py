@@ -5,10 +5,11 @@ count; relation (is A left of / right of / above / below B, yes/no). An object i
 described only in ways that pick it out alone in its scene.
 
 Worked answers (`SceneConfig.worked_answers`): a relation is answered by first naming
-the two objects' columns or rows, then the answer: "is the red circle left of the blue
-square?" -> "left to right so yes", "is the blue square right of the red circle?" ->
-the same. Each step is then one look-up in the caption or the image, and the yes/no
-compares two words just said, not two places found far apart. A count of one shape
+each object and its column or row, then the answer: "is the red circle left of the
+blue square?" -> "red circle left to blue square right so yes", "is the blue square
+right of the red circle?" -> the same. Each column is then one look-up in the caption
+or the image, keyed by the words just said, and the yes/no compares two words just
+said, not two places found far apart. A count of one shape
 first says the shape in the singular, the word the caption uses: "how many stars are
 there?" -> "star so two"; the count then looks up the word just said, not the plural.
 
@@ -56,7 +57,7 @@ class QA:
 
 def answer_text(qa: QA, config: SceneConfig) -> str:
     """The answer as trained: with config.worked_answers and a working, the working and
-    then the answer ("left to right so yes"), else the answer alone."""
+    then the answer ("red circle left to blue square right so yes"), else the answer alone."""
     if not (config.worked_answers and qa.working):
         return qa.answer
     table = get_language(config.language)
@@ -285,15 +286,28 @@ def _holds(relation: str, a: SceneObject, b: SceneObject) -> bool:
     }[relation]
 
 
-def _relation_working(relation: str, a: SceneObject, b: SceneObject, table: Language) -> str:
-    """The two objects' columns (left of, right of) or rows (above, below), in the order
-    that makes the answer "is the first before the second?": "left to right" says yes to
-    "is a left of b?" and "is b right of a?". The yes/no then follows from the two words
-    just said, which lie in the answer position's lag window."""
+def _relation_working(
+    relation: str, a: SceneObject, b: SceneObject, descs: tuple[str, str], table: Language
+) -> str:
+    """Each object as the question named it, then its column (left of, right of) or row
+    (above, below), in the order that makes the answer "is the first before the
+    second?": "red circle left to blue square right" says yes to "is the red circle left
+    of the blue square?" and to "is the blue square right of the red circle?". A column
+    is looked up right after the words that name its object, and the yes/no follows
+    from two words just said, both in the answer position's lag window."""
     axis = table.columns if relation in ("left", "right") else table.rows
     index = (lambda obj: obj.col) if relation in ("left", "right") else (lambda obj: obj.row)
-    first, second = (a, b) if relation in ("left", "above") else (b, a)
-    return table.relation_working.format(first=axis[index(first)], second=axis[index(second)])
+    (first, first_desc), (second, second_desc) = (
+        ((a, descs[0]), (b, descs[1]))
+        if relation in ("left", "above")
+        else ((b, descs[1]), (a, descs[0]))
+    )
+    return table.relation_working.format(
+        first_object=first_desc.removeprefix(table.definite),
+        first=axis[index(first)],
+        second_object=second_desc.removeprefix(table.definite),
+        second=axis[index(second)],
+    )
 
 
 def _relation_questions(scene: Scene, table: Language, order: tuple[str, ...]) -> list[QA]:
@@ -309,6 +323,11 @@ def _relation_questions(scene: Scene, table: Language, order: tuple[str, ...]) -
                 )
                 answer = table.yes if _holds(relation, a, b) else table.no
                 questions.append(
-                    QA(text, answer, "relation", _relation_working(relation, a, b, table))
+                    QA(
+                        text,
+                        answer,
+                        "relation",
+                        _relation_working(relation, a, b, (desc_a, desc_b), table),
+                    )
                 )
     return questions

@@ -33,15 +33,33 @@ SCENE = Scene(
 WORKED = SceneConfig(image_size=32, worked_answers=True)
 
 
-def test_a_relation_is_worked_through_both_columns_or_rows():
+def test_a_relation_is_worked_through_both_objects_columns_or_rows():
     """Red circle top left (row 0, col 0), blue square in the middle row on the right."""
     worked = {qa.question: answer_text(qa, WORKED) for qa in questions_of_type(SCENE, "relation")}
-    assert worked["is the red circle left of the blue square?"] == "left to right so yes"
-    assert worked["is the blue square right of the red circle?"] == "left to right so yes"
-    assert worked["is the red circle right of the blue square?"] == "right to left so no"
-    assert worked["is the blue square above the red circle?"] == "middle to top so no"
-    assert worked["is the red circle below the blue square?"] == "middle to top so no"
-    assert worked["is the red circle above the blue square?"] == "top to middle so yes"
+    assert (
+        worked["is the red circle left of the blue square?"]
+        == "red circle left to blue square right so yes"
+    )
+    assert (
+        worked["is the blue square right of the red circle?"]
+        == "red circle left to blue square right so yes"
+    )
+    assert (
+        worked["is the red circle right of the blue square?"]
+        == "blue square right to red circle left so no"
+    )
+    assert (
+        worked["is the blue square above the red circle?"]
+        == "blue square middle to red circle top so no"
+    )
+    assert (
+        worked["is the red circle below the blue square?"]
+        == "blue square middle to red circle top so no"
+    )
+    assert (
+        worked["is the red circle above the blue square?"]
+        == "red circle top to blue square middle so yes"
+    )
     plain = {
         qa.question: answer_text(qa, SceneConfig()) for qa in questions_of_type(SCENE, "relation")
     }
@@ -51,8 +69,8 @@ def test_a_relation_is_worked_through_both_columns_or_rows():
 def test_chinese_relation_working():
     zh = SceneConfig(language="zh", worked_answers=True)
     worked = {qa.question: answer_text(qa, zh) for qa in questions_of_type(SCENE, "relation", "zh")}
-    assert worked["红色圆形在蓝色正方形的左边吗？"] == "左到右，所以是"
-    assert worked["蓝色正方形在红色圆形的上方吗？"] == "中到上，所以否"
+    assert worked["红色圆形在蓝色正方形的左边吗？"] == "红色圆形左到蓝色正方形右，所以是"
+    assert worked["蓝色正方形在红色圆形的上方吗？"] == "蓝色正方形中到红色圆形上，所以否"
 
 
 def test_a_count_of_one_shape_first_says_the_shape():
@@ -76,21 +94,29 @@ def test_other_question_types_answer_directly(qa_type):
 
 @pytest.mark.parametrize("language", ["en", "zh"])
 def test_the_answer_is_yes_when_the_first_word_comes_before_the_second(language):
-    """On random scenes: the working names two columns (left of, right of) or two rows
-    (above, below), the answer is yes exactly when the first comes first, and
-    final_answer recovers it from the worked text."""
+    """On random scenes: the working names each object as the question did, then its
+    column (left of, right of) or row (above, below); the answer is yes exactly when the
+    first comes first, and final_answer recovers it from the worked text."""
     config = SceneConfig(language=language, max_objects=4, worked_answers=True)
     table = get_language(language)
-    gap = table.relation_working.format(first="", second="")
+    between = table.relation_working.format(
+        first_object="", first="", second_object="", second=""
+    ).strip()
+    between = table.word_gap + between + table.word_gap  # " to " ("bottom" holds "to")
     rng = np.random.default_rng(3)
     checked = 0
     for _ in range(40):
         for qa in questions_of_type(sample_scene(config, rng), "relation", language):
             assert table.final_answer(answer_text(qa, config)) == qa.answer
-            first, second = qa.working.split(gap)
             sideways = any(table.relations[r] in qa.question for r in ("left", "right"))
             axis = table.columns if sideways else table.rows
-            assert qa.answer == (table.yes if axis.index(first) < axis.index(second) else table.no)
+            places = []
+            for part in qa.working.split(between):
+                place = next(word for word in axis if part.strip().endswith(word))
+                named = part.strip().removesuffix(place).strip()
+                assert table.definite + named in qa.question
+                places.append(axis.index(place))
+            assert qa.answer == (table.yes if places[0] < places[1] else table.no)
             checked += 1
     assert checked > 100
 
