@@ -188,7 +188,9 @@ class Tensor:
         if grad.shape != self.shape:
             raise ValueError(f"backward(grad=...) expected shape {self.shape}, got {grad.shape}")
         if device_of(grad) != self.device:
-            raise DeviceError(f"backward(grad=...) is on {device_of(grad)}, the tensor on {self.device}")
+            raise DeviceError(
+                f"backward(grad=...) is on {device_of(grad)}, the tensor on {self.device}"
+            )
         return grad.astype(self.dtype, copy=False)
 
 
@@ -257,7 +259,9 @@ def _run_backward(fn: Function, pending: dict, retain_graph: bool) -> None:
         if g is None or not t.requires_grad:
             continue
         if g.shape != t.shape:
-            raise RuntimeError(f"{fn.name}.backward returned shape {g.shape} for an input of {t.shape}")
+            raise RuntimeError(
+                f"{fn.name}.backward returned shape {g.shape} for an input of {t.shape}"
+            )
         if g.dtype != t.dtype:  # e.g. a float64 array mixed into a float32 op promotes dy
             g = g.astype(t.dtype)
         if t.creator is None:
@@ -304,7 +308,9 @@ class Function:
             self.created_at = _user_frame()
             _check_finite(self, outputs, "forward output")
         needs_grad = _grad_enabled and any(t.requires_grad for t in tensors)
-        results = tuple(Tensor(o, requires_grad=needs_grad and o.dtype.kind == "f") for o in outputs)
+        results = tuple(
+            Tensor(o, requires_grad=needs_grad and o.dtype.kind == "f") for o in outputs
+        )
         if needs_grad:
             self.inputs = tensors
             self.output_specs = [(o.shape, o.dtype) for o in outputs]
@@ -319,12 +325,18 @@ def _as_tensors(op_name: str, inputs) -> tuple[Tensor, ...]:
     """Tensors for every input: scalars and arrays join the first tensor's device."""
     first = next((x for x in inputs if isinstance(x, Tensor)), None)
     if first is None:
-        raise TypeError(f"{op_name} needs at least one Tensor input, got {[type(x).__name__ for x in inputs]}")
-    tensors = tuple(x if isinstance(x, Tensor) else Tensor(_as_array(x, first.data)) for x in inputs)
+        raise TypeError(
+            f"{op_name} needs at least one Tensor input, got {[type(x).__name__ for x in inputs]}"
+        )
+    tensors = tuple(
+        x if isinstance(x, Tensor) else Tensor(_as_array(x, first.data)) for x in inputs
+    )
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         where = ", ".join(f"input {i} on {t.device}" for i, t in enumerate(tensors))
-        raise DeviceError(f"{op_name} got tensors on different devices ({where}); move them with .to()")
+        raise DeviceError(
+            f"{op_name} got tensors on different devices ({where}); move them with .to()"
+        )
     return tensors
 
 
@@ -335,7 +347,8 @@ class ToDevice(Function):
         self.device = device
 
     def __call__(self, x):  # the one op whose output is meant to leave its input's device
-        out = Tensor(to_device(x.data, self.device), requires_grad=x.requires_grad and _grad_enabled)
+        needs_grad = x.requires_grad and _grad_enabled
+        out = Tensor(to_device(x.data, self.device), requires_grad=needs_grad)
         if out.requires_grad:
             self.inputs = (x,)
             self.output_specs = [(out.shape, out.dtype)]

@@ -109,7 +109,9 @@ def gradcheck(
 
     def objective() -> float:  # L(x) = sum_k <g_k, f_k(x)>
         with no_grad():
-            return sum(float((g * o.data).sum()) for g, o in zip(upstream, _outputs(fn(*leaves)), strict=False))
+            outputs_now = _outputs(fn(*leaves))
+            pairs = zip(upstream, outputs_now, strict=False)
+            return sum(float((g * o.data).sum()) for g, o in pairs)
 
     for out, g in zip(outputs, upstream, strict=False):
         if out.requires_grad:

@@ -16,7 +16,9 @@ def unbroadcast(grad, shape: tuple[int, ...]):
     if grad.shape == shape:
         return grad
     leading = grad.ndim - len(shape)  # axes that broadcasting added in front
-    stretched = tuple(i + leading for i, n in enumerate(shape) if n == 1 and grad.shape[i + leading] != 1)
+    stretched = tuple(
+        i + leading for i, n in enumerate(shape) if n == 1 and grad.shape[i + leading] != 1
+    )
     grad = grad.sum(axis=tuple(range(leading)) + stretched, keepdims=True)
     return grad.reshape(shape)
 

@@ -110,7 +110,8 @@ class FusedAttention(Function):
         q, k, v, out, lse = self.saved
         kernels = self.kernels(get_array_module(q))
         return kernels.flash_attention_backward(
-            q, k, v, out, lse, d_out, scale=self.scale, causal=self.causal, key_lengths=self.key_lengths
+            q, k, v, out, lse, d_out,
+            scale=self.scale, causal=self.causal, key_lengths=self.key_lengths,
         )
 
 
@@ -146,7 +147,9 @@ def scaled_dot_product_attention(
 
 def _choose_impl(impl: str, has_mask: bool, return_weights: bool, n_scores: int) -> str:
     if impl not in ("auto", "naive", "fused"):
-        raise ValueError(f"scaled_dot_product_attention: impl must be 'auto', 'naive' or 'fused', got {impl!r}")
+        raise ValueError(
+            f"scaled_dot_product_attention: impl must be 'auto', 'naive' or 'fused', got {impl!r}"
+        )
     if impl == "fused" and (has_mask or return_weights):
         raise ValueError(
             "scaled_dot_product_attention: impl='fused' supports is_causal and key_lengths, "
@@ -161,12 +164,18 @@ def _choose_impl(impl: str, has_mask: bool, return_weights: bool, n_scores: int)
 def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> None:
     for name, t in (("query", q), ("key", k), ("value", v)):
         if t.ndim != 4:
-            raise ValueError(f"scaled_dot_product_attention: {name} must be 4-D (B, H, L, d), got shape {t.shape}")
+            raise ValueError(
+                f"scaled_dot_product_attention: {name} must be 4-D (B, H, L, d), "
+                f"got shape {t.shape}"
+            )
     if k.shape != v.shape:
-        raise ValueError(f"scaled_dot_product_attention: key {k.shape} and value {v.shape} must have one shape")
+        raise ValueError(
+            f"scaled_dot_product_attention: key {k.shape} and value {v.shape} must have one shape"
+        )
     if q.shape[:2] != k.shape[:2] or q.shape[3] != k.shape[3]:
         raise ValueError(
-            f"scaled_dot_product_attention: query {q.shape} and key {k.shape} must agree in B, H and d"
+            f"scaled_dot_product_attention: query {q.shape} and key {k.shape} "
+            f"must agree in B, H and d"
         )
 
 
@@ -181,7 +190,9 @@ def _key_lengths(xp, key_lengths, batch: int, lk: int):
             f"got dtype {lengths.dtype} shape {lengths.shape}"
         )
     if bool((lengths < 0).any()) or bool((lengths > lk).any()):
-        raise ValueError(f"scaled_dot_product_attention: key_lengths must lie in 0..{lk}, got {lengths.tolist()}")
+        raise ValueError(
+            f"scaled_dot_product_attention: key_lengths must lie in 0..{lk}, got {lengths.tolist()}"
+        )
     return lengths.astype(xp.int32)
 
 
@@ -191,7 +202,8 @@ def _attn_mask(attn_mask, q_shape, lk: int):
     mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
     if mask.dtype != bool:
         raise TypeError(
-            f"scaled_dot_product_attention: attn_mask must be boolean (True = may attend), got dtype {mask.dtype}"
+            f"scaled_dot_product_attention: attn_mask must be boolean (True = may attend), "
+            f"got dtype {mask.dtype}"
         )
     target = (*q_shape[:3], lk)
     try:
@@ -199,5 +211,8 @@ def _attn_mask(attn_mask, q_shape, lk: int):
     except ValueError:
         fits = False
     if not fits:
-        raise ValueError(f"scaled_dot_product_attention: attn_mask of shape {mask.shape} does not broadcast to {target}")
+        raise ValueError(
+            f"scaled_dot_product_attention: attn_mask of shape {mask.shape} "
+            f"does not broadcast to {target}"
+        )
     return mask

@@ -23,5 +23,7 @@ def astype(x: Tensor, dtype) -> Tensor:
     if np.dtype(dtype) == x.dtype:
         return x
     if x.requires_grad and np.dtype(dtype).kind != "f":
-        raise TypeError(f"astype: a tensor that requires grad can only become floating, not {np.dtype(dtype)}")
+        raise TypeError(
+            f"astype: a tensor that requires grad can only become floating, not {np.dtype(dtype)}"
+        )
     return AsType(dtype)(x)

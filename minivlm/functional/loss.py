@@ -88,7 +88,9 @@ class CrossEntropy(Function):
                 ignore_index=self.ignore_index, label_smoothing=self.smoothing,
             )
         else:
-            d_logits = _cross_entropy_rows_backward(logits, targets, d_rows, counted, self.smoothing)
+            d_logits = _cross_entropy_rows_backward(
+                logits, targets, d_rows, counted, self.smoothing
+            )
         return d_logits, None
 
 
@@ -107,11 +109,17 @@ def cross_entropy(
     if input.ndim != 2:
         raise ValueError(f"cross_entropy: input must be logits of shape (N, V), got {input.shape}")
     if targets.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: target must hold integer class ids, got dtype {targets.dtype}")
+        raise TypeError(
+            f"cross_entropy: target must hold integer class ids, got dtype {targets.dtype}"
+        )
     if targets.shape != (input.shape[0],):
-        raise ValueError(f"cross_entropy: target must have shape ({input.shape[0]},), got {targets.shape}")
+        raise ValueError(
+            f"cross_entropy: target must have shape ({input.shape[0]},), got {targets.shape}"
+        )
     if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        raise ValueError(
+            f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}"
+        )
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
     vocab = input.shape[1]

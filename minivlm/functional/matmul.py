@@ -15,9 +15,13 @@ class MatMul(Function):
 
     def forward(self, a, b):
         if a.ndim == 0 or b.ndim == 0:
-            raise ValueError(f"matmul: operands must have at least 1 dimension, got {a.shape} and {b.shape}")
+            raise ValueError(
+                f"matmul: operands must have at least 1 dimension, got {a.shape} and {b.shape}"
+            )
         if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
-            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not chain (inner sizes differ)")
+            raise ValueError(
+                f"matmul: shapes {a.shape} and {b.shape} do not chain (inner sizes differ)"
+            )
         self.save(a, b)
         return a @ b
 

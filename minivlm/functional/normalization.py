@@ -81,13 +81,19 @@ def layer_norm(
     """torch.nn.functional.layer_norm over the trailing `normalized_shape` axes."""
     from .shape import reshape
 
-    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if isinstance(normalized_shape, int):
+        normalized_shape = (normalized_shape,)
+    normalized_shape = tuple(normalized_shape)
     k = len(normalized_shape)
     if tuple(x.shape[x.ndim - k:]) != normalized_shape:
-        raise ValueError(f"layer_norm: input shape {x.shape} does not end in normalized_shape {normalized_shape}")
+        raise ValueError(
+            f"layer_norm: input shape {x.shape} does not end in normalized_shape {normalized_shape}"
+        )
     for name, param in (("weight", weight), ("bias", bias)):
         if param is not None and tuple(param.shape) != normalized_shape:
-            raise ValueError(f"layer_norm: {name} has shape {param.shape}, expected {normalized_shape}")
+            raise ValueError(
+                f"layer_norm: {name} has shape {param.shape}, expected {normalized_shape}"
+            )
     width = 1
     for n in normalized_shape:
         width *= n

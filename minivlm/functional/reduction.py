@@ -73,7 +73,9 @@ class Max(Function):
         self.axes = normalize_axes(self.axis, x.ndim, "max")
         y = x.max(axis=self.axes, keepdims=True)
         self.save(x, y)
-        return y if self.keepdims else y.reshape([n for i, n in enumerate(y.shape) if i not in self.axes])
+        if self.keepdims:
+            return y
+        return y.reshape([n for i, n in enumerate(y.shape) if i not in self.axes])
 
     def backward(self, dy):
         x, y = self.saved

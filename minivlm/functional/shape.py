@@ -30,7 +30,9 @@ class Permute(Function):
 
     def forward(self, x):
         if sorted(a + x.ndim if a < 0 else a for a in self.axes) != list(range(x.ndim)):
-            raise ValueError(f"permute: axes {self.axes} are not a permutation of {x.ndim} dimensions")
+            raise ValueError(
+                f"permute: axes {self.axes} are not a permutation of {x.ndim} dimensions"
+            )
         return x.transpose(self.axes)
 
     def backward(self, dy):
@@ -146,4 +148,6 @@ def _check_same_shape_except(tensors, axis, op: str) -> None:
             a.pop(axis), b.pop(axis)
         if a != b:
             rule = "all shapes equal" if axis is None else f"all shapes equal except axis {axis}"
-            raise ValueError(f"{op}: tensor {i} has shape {t.shape}, tensor 0 has {first}; expected {rule}")
+            raise ValueError(
+                f"{op}: tensor {i} has shape {t.shape}, tensor 0 has {first}; expected {rule}"
+            )
