@@ -9,9 +9,9 @@ each object and its column or row, then the answer: "is the red circle left of t
 blue square?" -> "red circle left to blue square right so yes", "is the blue square
 right of the red circle?" -> the same. Each column is then one look-up in the caption
 or the image, keyed by the words just said, and the yes/no compares two words just
-said, not two places found far apart. A count of one shape
-first says the shape in the singular, the word the caption uses: "how many stars are
-there?" -> "star so two"; the count then looks up the word just said, not the plural.
+said, not two places found far apart. A count of one shape first says the shape in
+the singular, the word the caption uses: "how many stars are there?" -> "star so
+two"; the count then looks up the word just said, not the plural.
 
 Balance: `sample_balanced_qa` first picks the answer uniformly from the type's
 answer space, then draws scenes until one has a question with that answer, so
@@ -297,10 +297,9 @@ def _relation_working(
     from two words just said, both in the answer position's lag window."""
     axis = table.columns if relation in ("left", "right") else table.rows
     index = (lambda obj: obj.col) if relation in ("left", "right") else (lambda obj: obj.row)
+    named = ((a, descs[0]), (b, descs[1]))  # (object, its description) in question order
     (first, first_desc), (second, second_desc) = (
-        ((a, descs[0]), (b, descs[1]))
-        if relation in ("left", "above")
-        else ((b, descs[1]), (a, descs[0]))
+        named if relation in ("left", "above") else named[::-1]
     )
     return table.relation_working.format(
         first_object=first_desc.removeprefix(table.definite),
