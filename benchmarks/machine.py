@@ -29,9 +29,9 @@ _c_heap = {"keeps_freed_memory": False}
 
 def keep_freed_memory() -> bool:
     """Apply minivlm's C-heap setting, as the `minivlm` command does before any command
-    (large freed arrays stay mapped for the next step: see minivlm/memory.py), and
+    (large freed arrays stay mapped for the next step: see minivlm/backend.py), and
     remember it for the report. True when the C library took it."""
-    from minivlm.memory import keep_freed_memory as raise_malloc_thresholds
+    from minivlm.backend import keep_freed_memory as raise_malloc_thresholds
 
     _c_heap["keeps_freed_memory"] = raise_malloc_thresholds()
     return _c_heap["keeps_freed_memory"]

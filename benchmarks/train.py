@@ -60,8 +60,7 @@ def reference_case() -> TrainCase:
 
 def demo_case() -> TrainCase:
     from minivlm.data import default_tokenizer
-    from minivlm.train import model_config, scene_config
-    from minivlm.train_config import preset
+    from minivlm.train import model_config, preset, scene_config
 
     config = preset("demo")
     vocab = default_tokenizer(scene_config(config)).vocab_size

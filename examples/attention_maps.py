@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from train_captioner import captioner_config
 
+from minivlm.cli.files import load_checkpoint
 from minivlm.data import SceneConfig, SceneDataset, Tokenizer, object_masks
 from minivlm.generate import caption_images
-from minivlm.inference import load_checkpoint
 from minivlm.models import VLM
 from minivlm.train import scene_config, train
 from minivlm.viz import array_to_image, attention_grid

@@ -26,8 +26,7 @@ import numpy as np
 
 from minivlm.data import SceneDataset
 from minivlm.generate import caption_images
-from minivlm.train import Trainer, scene_config, train
-from minivlm.train_config import TrainConfig, preset
+from minivlm.train import TrainConfig, Trainer, preset, scene_config, train
 
 
 def captioner_config(out_dir: str, steps: int, quick: bool) -> TrainConfig:

@@ -38,7 +38,7 @@ from .data import (
 from .generate import answer_questions, caption_images
 from .metrics import CaptionScores, QAScores, patch_masks, pointing_score, token_objects_from_spans
 from .models import VLM
-from .train import sequence_loss
+from .train.loop import sequence_loss
 
 SPLITS = ("iid", "heldout")
 

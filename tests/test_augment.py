@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minivlm.augment import LUMA_WEIGHTS, AttributeCorruption, GreyscaleCaptions
 from minivlm.data import IGNORE_INDEX, Example, collate, get_language
-from minivlm.train import Trainer
-from minivlm.train_config import preset
+from minivlm.train import Trainer, preset
+from minivlm.train.augment import LUMA_WEIGHTS, AttributeCorruption, GreyscaleCaptions
 
 CAPTION = "a small red circle at the top left and a large blue square"
 

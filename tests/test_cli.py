@@ -10,9 +10,9 @@ import pytest
 
 import minivlm.functional as functional
 from minivlm import Function
+from minivlm.checks import CASES
 from minivlm.cli import main
 from minivlm.data import SceneConfig, SceneDataset, render_scene
-from minivlm.op_checks import CASES
 
 
 def _function_classes() -> set[str]:
@@ -30,7 +30,7 @@ def test_every_op_with_a_backward_has_a_gradcheck_case():
     # AsType's backward is a cast, checked exactly in test_autograd (finite differences
     # through a float32 round trip would only measure float32 rounding).
     missing = _function_classes() - covered - {"AsType"}
-    assert not missing, f"ops without a case in minivlm/op_checks.py: {sorted(missing)}"
+    assert not missing, f"ops without a case in minivlm/checks/op_cases.py: {sorted(missing)}"
 
 
 def test_gradcheck_table_passes_every_op(capsys):
@@ -65,7 +65,7 @@ def test_gradcheck_unknown_op_lists_the_known_ones(capsys):
 
 
 def test_model_gradcheck_with_lagged_embeddings_checks_their_tables(capsys):
-    from minivlm.models.gradcheck import tiny_model
+    from minivlm.checks import tiny_model
 
     assert main(["gradcheck", "--model", "--fusion", "cross", "--token-lags", "2"]) == 0
     row = capsys.readouterr().out.splitlines()[1].split()

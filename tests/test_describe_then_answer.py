@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from minivlm.cli import main
+from minivlm.cli.files import answer_file, load_checkpoint
 from minivlm.data import (
     IGNORE_INDEX,
     Example,
@@ -22,15 +23,13 @@ from minivlm.data import (
 from minivlm.evaluate import EvalConfig
 from minivlm.generate import (
     ANSWER_ROOM,
+    SamplingConfig,
     answer_questions,
     caption_images,
     generate,
     question_prompt,
 )
-from minivlm.inference import answer_file, load_checkpoint
-from minivlm.sampling import SamplingConfig
-from minivlm.train import scene_config, train
-from minivlm.train_config import preset
+from minivlm.train import preset, scene_config, train
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from minivlm import explain as explain_module
+from minivlm.checks import CASES, select
+from minivlm.checks import explain as explain_module
+from minivlm.checks.explain import (
+    FORMULAS,
+    add_explain_command,
+    compare_elements,
+    explain,
+    find_case,
+)
 from minivlm.cli import build_parser
-from minivlm.explain import FORMULAS, add_explain_command, compare_elements, explain, find_case
 from minivlm.functional.softmax import Softmax
-from minivlm.op_checks import CASES, select
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = sorted((REPO / "docs").rglob("*.md")) + [REPO / "README.md"]

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from minivlm.demo import draw_pictures
+from minivlm.cli.demo import draw_pictures
 from minivlm.evaluate import EvalConfig, evaluate, format_table
-from minivlm.train import scene_config, train
-from minivlm.train_config import preset
+from minivlm.train import preset, scene_config, train
 from minivlm.viz import attention_grid, line_chart, sample_sheet
 
 

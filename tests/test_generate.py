@@ -7,10 +7,8 @@ import pytest
 
 from minivlm.autograd import Tensor, no_grad
 from minivlm.data import SceneDataset
-from minivlm.generate import caption_images, caption_prompt, generate
-from minivlm.sampling import SamplingConfig, next_tokens
-from minivlm.train import Trainer, scene_config
-from minivlm.train_config import preset
+from minivlm.generate import SamplingConfig, caption_images, caption_prompt, generate, next_tokens
+from minivlm.train import Trainer, preset, scene_config
 
 
 @pytest.fixture(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from minivlm import F, no_grad, random, tensor
+from minivlm.checks import model_gradcheck, tiny_batch, tiny_model
 from minivlm.models import (
     FUSIONS,
     VLM,
@@ -14,11 +15,9 @@ from minivlm.models import (
     VisionEncoder,
     VLMBlock,
     VLMConfig,
-    model_gradcheck,
     patchify,
     tiny_config,
 )
-from minivlm.models.gradcheck import tiny_batch, tiny_model
 
 
 def tiny_inputs(config, batch=2, seed=0):

@@ -10,17 +10,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import minivlm.train as train_module
-from minivlm.augment import AttributeCorruption
+import minivlm.train.loop as train_module
 from minivlm.train import (
+    TrainConfig,
     Trainer,
+    latest_checkpoint,
     length_groups,
+    preset,
     sequence_loss,
     target_weights,
     train,
 )
-from minivlm.train_checkpoint import latest_checkpoint
-from minivlm.train_config import TrainConfig, preset
+from minivlm.train.augment import AttributeCorruption
 
 
 def _losses(out_dir) -> list[float]:

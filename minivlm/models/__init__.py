@@ -1,7 +1,6 @@
 """The vision-language model: config, vision encoder, text decoder, decoding cache."""
 
 from .config import FUSIONS, NORMS, VLMConfig, tiny_config
-from .gradcheck import model_gradcheck
 from .kv_cache import BlockCache, DecodeCache
 from .vision import VisionEncoder, patchify
 from .vlm import VLM, CrossModalAttention, VLMBlock
@@ -18,5 +17,4 @@ __all__ = [
     "VLM",
     "DecodeCache",
     "BlockCache",
-    "model_gradcheck",
 ]

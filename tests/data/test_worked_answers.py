@@ -21,8 +21,7 @@ from minivlm.data import (
     sample_scene,
 )
 from minivlm.evaluate import EvalConfig
-from minivlm.train import scene_config, train
-from minivlm.train_config import preset
+from minivlm.train import preset, scene_config, train
 
 SCENE = Scene(
     (

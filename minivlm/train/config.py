@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .data.scene_dataset import MAX_QUESTIONS_PER_IMAGE, QA_FORMATS
+from ..data.scene_dataset import MAX_QUESTIONS_PER_IMAGE, QA_FORMATS
 
 LOSS_WEIGHTINGS: tuple[str, ...] = ("token", "sequence")  # see minivlm.train.target_weights
 

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes
-from .data import SceneDataset
-from .evaluate import EvalConfig, evaluate, format_table
-from .generate import answer_questions, caption_images
-from .train import Trainer, scene_config, train
-from .train_config import TrainConfig
-from .viz import array_to_image, attention_grid, line_chart, sample_sheet
+from ..checkpoint import atomic_write_bytes
+from ..data import SceneDataset
+from ..evaluate import EvalConfig, evaluate, format_table
+from ..generate import answer_questions, caption_images
+from ..train.config import TrainConfig
+from ..train.loop import Trainer, scene_config, train
+from ..viz import array_to_image, attention_grid, line_chart, sample_sheet
 
 
 def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict:

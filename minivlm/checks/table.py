@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .backend import DeviceError, require_cuda
+from ..backend import DeviceError, require_cuda
 
 
 def _print_row(cells, widths) -> None:
@@ -23,7 +23,7 @@ def _check_device(device: str) -> bool:
 
 def run_op_table(names: list[str], device: str = "cpu") -> int:
     """Check the ops named (all by default); print a table; 0 when every one passes."""
-    from .op_checks import select
+    from .op_cases import select
 
     if not _check_device(device):
         return 2
@@ -63,7 +63,7 @@ def run_model_table(
     device: str = "cpu", fusions: list[str] | None = None, token_lags: int = 0
 ) -> int:
     """Check the loss gradient of a tiny VLM of each fusion kind wrt every parameter."""
-    from .models.gradcheck import model_gradcheck
+    from .model_cases import model_gradcheck
 
     if not _check_device(device):
         return 2

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from .data import IGNORE_INDEX, Batch, Tokenizer
+from ..data import IGNORE_INDEX, Batch, Tokenizer
 
 # ITU-R BT.601 luma weights of R, G, B: affine in each channel, so they hold on the
 # images' [-1, 1] scale as they do on [0, 255]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
-    from .gradcheck_table import run_model_table, run_op_table
+    from ..checks.table import run_model_table, run_op_table
 
     if args.model:
         return run_model_table(args.device, args.fusion, args.token_lags)
@@ -16,16 +16,16 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from ..train.config import config_from_arguments
     from .demo import run_demo
-    from .train_config import config_from_arguments
 
     run_demo(config_from_arguments(args))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import train
-    from .train_config import config_from_arguments
+    from ..train.config import config_from_arguments
+    from ..train.loop import train
 
     config = config_from_arguments(args)
     trainer = train(config, resume=args.resume)
@@ -34,13 +34,13 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sampling(args: argparse.Namespace):
-    from .sampling import SamplingConfig
+    from ..generate import SamplingConfig
 
     return SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
 
 
 def _caption(args: argparse.Namespace) -> int:
-    from .inference import caption_file
+    from .files import caption_file
 
     print(
         caption_file(
@@ -51,7 +51,7 @@ def _caption(args: argparse.Namespace) -> int:
 
 
 def _ask(args: argparse.Namespace) -> int:
-    from .inference import answer_file
+    from .files import answer_file
 
     print(
         answer_file(
@@ -62,7 +62,7 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .inference import evaluate_checkpoint
+    from .files import evaluate_checkpoint
 
     evaluate_checkpoint(args.checkpoint, args.captions, args.questions, args.json, args.device)
     return 0
@@ -84,7 +84,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_benchmarks(bench: argparse.ArgumentParser) -> None:
     """The benchmarks live in the checkout's benchmarks/ folder, beside the package."""
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     if not (checkout / "benchmarks" / "cli.py").is_file():
         bench.set_defaults(handler=lambda args: _no_benchmarks(checkout))
         return
@@ -105,7 +105,7 @@ def _no_benchmarks(checkout: Path) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train_config import add_config_arguments
+    from ..train.config import add_config_arguments
 
     parser = argparse.ArgumentParser(prog="minivlm", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.set_defaults(handler=_gradcheck)
 
-    from .explain import add_explain_command
+    from ..checks.explain import add_explain_command
 
     add_explain_command(commands)
 
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .memory import keep_freed_memory
+    from ..backend import keep_freed_memory
 
     keep_freed_memory()  # training steps reuse their large temporaries (see memory.py)
     args = build_parser().parse_args(argv)

@@ -9,16 +9,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .checkpoint import atomic_write_bytes, load_model
-from .data import SceneConfig, Tokenizer, image_to_array
-from .evaluate import EvalConfig, evaluate, format_table
-from .generate import answer_questions, caption_images
-from .models import VLM
-from .sampling import SamplingConfig
-from .train import scene_config
-from .train_checkpoint import latest_checkpoint
-from .train_config import TrainConfig
-from .viz import attention_grid
+from ..checkpoint import atomic_write_bytes, load_model
+from ..data import SceneConfig, Tokenizer, image_to_array
+from ..evaluate import EvalConfig, evaluate, format_table
+from ..generate import SamplingConfig, answer_questions, caption_images
+from ..models import VLM
+from ..train.checkpoint import latest_checkpoint
+from ..train.config import TrainConfig
+from ..train.loop import scene_config
+from ..viz import attention_grid
 
 
 @dataclass

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from . import random
-from .checkpoint import WEIGHTS_FILE, atomic_write_bytes, load_weights, save_model
-from .data import Tokenizer
+from .. import random
+from ..checkpoint import WEIGHTS_FILE, atomic_write_bytes, load_weights, save_model
+from ..data import Tokenizer
 
 
 def checkpoint_root(out_dir: Path) -> Path:

@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import functional as F
-from . import random
-from .augment import AttributeCorruption, GreyscaleCaptions
-from .autograd import Tensor, no_grad
-from .data import (
+from .. import functional as F
+from .. import random
+from ..autograd import Tensor, no_grad
+from ..data import (
     IGNORE_INDEX,
     Batch,
     SceneConfig,
@@ -29,11 +28,12 @@ from .data import (
     default_tokenizer,
     get_language,
 )
-from .data.stream import TrainingStream, stream_batches
-from .models import VLM, VLMConfig
-from .optim import AdamW, WarmupCosine, clip_grad_norm_
-from .train_checkpoint import load_training_state, save_training_checkpoint
-from .train_config import LOSS_WEIGHTINGS, TrainConfig
+from ..data.stream import TrainingStream, stream_batches
+from ..models import VLM, VLMConfig
+from ..optim import AdamW, WarmupCosine, clip_grad_norm_
+from .augment import AttributeCorruption, GreyscaleCaptions
+from .checkpoint import load_training_state, save_training_checkpoint
+from .config import LOSS_WEIGHTINGS, TrainConfig
 
 
 def scene_config(config: TrainConfig) -> SceneConfig:

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import functional as F
-from . import random
-from .autograd import Tensor, tensor
-from .gradcheck import GradcheckReport, gradcheck
+from .. import functional as F
+from .. import random
+from ..autograd import Tensor, tensor
+from ..gradcheck import GradcheckReport, gradcheck
 
 
 @dataclass(frozen=True)

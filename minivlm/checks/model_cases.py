@@ -17,9 +17,9 @@ from .. import functional as F
 from .. import random
 from ..backend import to_device
 from ..gradcheck import GradcheckReport, gradcheck
+from ..models.config import tiny_config
+from ..models.vlm import VLM
 from ..nn import functional_call
-from .config import tiny_config
-from .vlm import VLM
 
 GATE_VALUE = 0.7
 

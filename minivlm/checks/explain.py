@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .autograd import Function, Tensor, no_grad
-from .op_checks import CASES, OpCase
+from ..autograd import Function, Tensor, no_grad
+from .op_cases import CASES, OpCase
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 EPS = 1e-6
 
 
@@ -216,10 +216,10 @@ def function_class(name: str) -> type[Function]:
     pending = list(Function.__subclasses__())
     while pending:
         cls = pending.pop()
-        if cls.__name__ == name and cls.__module__.startswith(f"{__package__}.functional."):
+        if cls.__name__ == name and cls.__module__.startswith(f"minivlm.functional."):
             return cls
         pending.extend(cls.__subclasses__())
-    raise LookupError(f"no Function named {name!r} in {__package__}.functional")
+    raise LookupError(f"no Function named {name!r} in minivlm.functional")
 
 
 def source_location(function: Callable) -> str:
