@@ -83,6 +83,12 @@ def get_array_module(*arrays):
     return np
 
 
+def is_cupy(xp) -> bool:
+    """Whether `xp` (from get_array_module) is CuPy: the one device test an op makes,
+    once in its forward, to choose a hand-written CUDA kernel over its NumPy code."""
+    return bool(_cupy) and xp is _cupy
+
+
 def to_device(array, device: str):
     """The array on `device` (no copy when it is already there)."""
     check_device(device)

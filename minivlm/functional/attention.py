@@ -26,7 +26,9 @@ import math
 import numpy as np
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module
+from ..backend import get_array_module, is_cupy
+from ..kernels_cpu import flash_attention as cpu_kernels
+from ..kernels_cuda import attention as cuda_kernels
 
 # At or above this many scores per (batch, head), "auto" takes the fused path.
 AUTO_FUSED_MIN_SCORES = 256 * 256
@@ -91,16 +93,10 @@ class FusedAttention(Function):
     def __init__(self, scale: float, causal: bool, key_lengths):
         self.scale, self.causal, self.key_lengths = scale, causal, key_lengths
 
-    def kernels(self, xp):
-        if xp.__name__ == "cupy":
-            from ..kernels_cuda import attention
-        else:
-            from ..kernels_cpu import flash_attention as attention
-        return attention
-
     def forward(self, q, k, v):
-        kernels = self.kernels(get_array_module(q))
-        out, lse = kernels.flash_attention_forward(
+        # kernels_cuda for CuPy arrays, the blocked NumPy kernels otherwise; same functions
+        self.kernels = cuda_kernels if is_cupy(get_array_module(q)) else cpu_kernels
+        out, lse = self.kernels.flash_attention_forward(
             q, k, v, scale=self.scale, causal=self.causal, key_lengths=self.key_lengths
         )
         self.save(q, k, v, out, lse)
@@ -108,8 +104,7 @@ class FusedAttention(Function):
 
     def backward(self, d_out):
         q, k, v, out, lse = self.saved
-        kernels = self.kernels(get_array_module(q))
-        return kernels.flash_attention_backward(
+        return self.kernels.flash_attention_backward(
             q, k, v, out, lse, d_out,
             scale=self.scale, causal=self.causal, key_lengths=self.key_lengths,
         )

@@ -12,11 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module, on_device_of
+from ..backend import get_array_module, is_cupy, on_device_of
+from ..kernels_cuda import cross_entropy as cuda_kernels
 
 
-def _cross_entropy_rows(logits, targets, ignore_index: int, smoothing: float):
-    """(loss per row (N,), counted (N,) bool) in NumPy or CuPy.
+def _cross_entropy_rows(logits, targets, *, ignore_index: int, label_smoothing: float):
+    """(loss per row, row max m, log_sum = lse - m), each (N,): what
+    kernels_cuda.cross_entropy_forward returns, in NumPy.
 
     Computed from logits shifted by the row max m, lse - z_t = log sum_j e^{z_j - m} - (z_t - m):
     lse itself, rounded near a logit of 1e4, would lose the loss's digits in float32.
@@ -24,24 +26,34 @@ def _cross_entropy_rows(logits, targets, ignore_index: int, smoothing: float):
     xp = get_array_module(logits)
     counted = targets != ignore_index
     safe_targets = xp.where(counted, targets, 0)
-    shifted = logits - logits.max(axis=1, keepdims=True)     # (N, V) z - m
+    row_max = logits.max(axis=1)                             # (N,)   m
+    shifted = logits - row_max[:, None]                      # (N, V) z - m
     log_sum = xp.log(xp.exp(shifted).sum(axis=1))            # (N,)   lse - m
     target_shifted = xp.take_along_axis(shifted, safe_targets[:, None], axis=1)[:, 0]
-    loss = (1 - smoothing) * (log_sum - target_shifted)
-    if smoothing:
-        loss += smoothing * (log_sum - shifted.mean(axis=1))
-    return loss * counted, counted
+    loss = (1 - label_smoothing) * (log_sum - target_shifted)
+    if label_smoothing:
+        loss += label_smoothing * (log_sum - shifted.mean(axis=1))
+    return loss * counted, row_max, log_sum
 
 
-def _cross_entropy_rows_backward(logits, targets, d_rows, counted, smoothing: float):
-    """d_logits (N, V) = d_rows_i * (softmax - (1-eps) onehot - eps/V), 0 for ignored rows."""
+def _cross_entropy_rows_backward(
+    logits, targets, row_max, log_sum, d_rows, *, ignore_index: int, label_smoothing: float
+):
+    """d_logits (N, V) = d_rows_i * (softmax - (1-eps) onehot - eps/V), 0 for ignored rows,
+    from the forward's row_max and log_sum (N,): kernels_cuda.cross_entropy_backward in NumPy.
+
+    softmax_ij = e^{(z_ij - m_i) - log_sum_i}: the two parts of lse are taken off one at a
+    time, so that float32 keeps the softmax's digits next to large logits.
+    """
     xp = get_array_module(logits)
-    d_logits = xp.exp(logits - logits.max(axis=1, keepdims=True))
-    d_logits /= d_logits.sum(axis=1, keepdims=True)           # softmax (N, V)
+    counted = targets != ignore_index
+    d_logits = logits - row_max[:, None]                      # (N, V) z - m
+    d_logits -= log_sum[:, None]                              # (N, V) z - lse
+    xp.exp(d_logits, out=d_logits)                            # softmax (N, V)
     rows = xp.arange(len(targets))
-    d_logits[rows, xp.where(counted, targets, 0)] -= 1 - smoothing
-    if smoothing:
-        d_logits -= smoothing / logits.shape[1]
+    d_logits[rows, xp.where(counted, targets, 0)] -= 1 - label_smoothing
+    if label_smoothing:
+        d_logits -= label_smoothing / logits.shape[1]
     d_logits *= (d_rows * counted)[:, None]
     return d_logits
 
@@ -51,46 +63,38 @@ class CrossEntropy(Function):
         self.ignore_index, self.reduction, self.smoothing = ignore_index, reduction, smoothing
 
     def forward(self, logits, targets):                       # logits (N, V), targets (N,)
-        xp = get_array_module(logits)
-        if xp.__name__ == "cupy":
-            from ..kernels_cuda.cross_entropy import cross_entropy_forward
-
-            rows, *row_stats = cross_entropy_forward(
-                logits, targets, ignore_index=self.ignore_index, label_smoothing=self.smoothing
-            )                                                 # row_stats: max, log_sum (N,)
-            counted = targets != self.ignore_index
+        # the two functions above, or the same two as the kernels of kernels/cross_entropy.cu
+        if is_cupy(get_array_module(logits)):
+            rows_forward, self.rows_backward = (
+                cuda_kernels.cross_entropy_forward, cuda_kernels.cross_entropy_backward
+            )
         else:
-            rows, counted = _cross_entropy_rows(logits, targets, self.ignore_index, self.smoothing)
-            row_stats = None  # the NumPy backward recomputes the softmax from the logits
-        self.save(logits, targets, row_stats, counted)
+            rows_forward, self.rows_backward = _cross_entropy_rows, _cross_entropy_rows_backward
+        rows, row_max, log_sum = rows_forward(
+            logits, targets, ignore_index=self.ignore_index, label_smoothing=self.smoothing
+        )                                                     # (N,) each; lse = row_max + log_sum
+        self.save(logits, targets, row_max, log_sum)
         if self.reduction == "none":
             return rows
         total = rows.sum()
         if self.reduction == "sum":
             return total
         # mean over counted rows; with none counted the loss is 0 and so is its gradient
-        self.count = max(int(counted.sum()), 1)
+        self.count = max(int((targets != self.ignore_index).sum()), 1)
         return total / logits.dtype.type(self.count)
 
     def backward(self, dy):
-        logits, targets, row_stats, counted = self.saved
+        logits, targets, row_max, log_sum = self.saved
         xp = get_array_module(logits)
         if self.reduction == "none":
             d_rows = dy                                       # (N,)
         else:
             scale = dy / self.count if self.reduction == "mean" else dy
             d_rows = xp.broadcast_to(scale, targets.shape)
-        if xp.__name__ == "cupy":
-            from ..kernels_cuda.cross_entropy import cross_entropy_backward
-
-            d_logits = cross_entropy_backward(
-                logits, targets, *row_stats, xp.ascontiguousarray(d_rows),
-                ignore_index=self.ignore_index, label_smoothing=self.smoothing,
-            )
-        else:
-            d_logits = _cross_entropy_rows_backward(
-                logits, targets, d_rows, counted, self.smoothing
-            )
+        d_logits = self.rows_backward(
+            logits, targets, row_max, log_sum, xp.ascontiguousarray(d_rows),
+            ignore_index=self.ignore_index, label_smoothing=self.smoothing,
+        )                                                     # (N, V)
         return d_logits, None
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module
+from ..backend import get_array_module, is_cupy
+from ..kernels_cuda import layer_norm as cuda_kernels
 
 
 class LayerNorm(Function):
@@ -19,7 +20,10 @@ class LayerNorm(Function):
         self.eps, self.has_weight, self.has_bias = eps, has_weight, has_bias
 
     def forward(self, x, *affine):                            # x (R, C) after the caller's reshape
-        if get_array_module(x).__name__ == "cupy" and self.has_weight and self.has_bias:
+        xp = get_array_module(x)
+        # CuPy arrays with both weight and bias take the kernels of kernels/layer_norm.cu
+        self.fused_cuda = is_cupy(xp) and self.has_weight and self.has_bias
+        if self.fused_cuda:
             return self._forward_cuda(x, *affine)
         mean = x.mean(axis=-1, keepdims=True)                 # (R, 1)
         xc = x - mean                                         # (R, C)
@@ -27,7 +31,7 @@ class LayerNorm(Function):
         # spread); x - mean is exact for x near mean, so the mean of xc finds that error
         xc -= xc.mean(axis=-1, keepdims=True)
         var = (xc * xc).mean(axis=-1, keepdims=True)          # (R, 1), biased like PyTorch
-        rstd = 1.0 / get_array_module(x).sqrt(var + self.eps)  # (R, 1)
+        rstd = 1.0 / xp.sqrt(var + self.eps)                  # (R, 1)
         xhat = xc * rstd                                      # (R, C)
         weight = affine[0] if self.has_weight else None
         self.save(xhat, rstd, weight)
@@ -35,8 +39,6 @@ class LayerNorm(Function):
         if self.has_bias:
             y = y + affine[-1]                                # not +=: y may be the saved xhat
         return y
-
-    fused_cuda = False
 
     def backward(self, dy):                                   # dy (R, C)
         if self.fused_cuda:
@@ -57,18 +59,23 @@ class LayerNorm(Function):
         return tuple(grads)
 
     def _forward_cuda(self, x, weight, bias):
-        from ..kernels_cuda.layer_norm import layer_norm_forward
-
-        y, mean, rstd = layer_norm_forward(x, weight, bias, eps=self.eps)
-        self.save(x, weight, mean, rstd)
-        self.fused_cuda = True
+        y, mean, rstd = cuda_kernels.layer_norm_forward(x, weight, bias, eps=self.eps)
+        rstd = rstd[:, None]                                  # (R,) -> (R, 1)
+        xhat = (x - mean[:, None]) * rstd                     # (R, C), as the kernel forms it
+        self.save(xhat, rstd, weight)
         return y
 
     def _backward_cuda(self, dy):
-        from ..kernels_cuda.layer_norm import layer_norm_backward
-
-        x, weight, mean, rstd = self.saved
-        return layer_norm_backward(dy, x, weight, mean, rstd)
+        xhat, rstd, weight = self.saved
+        xp = get_array_module(xhat)
+        # The kernel takes x with its row mean and rstd and forms xhat = (x - mean) * rstd.
+        # Given xhat itself with mean 0 and rstd 1, it returns dw, db and the three terms
+        # of dx without their common factor rstd, which is applied here.
+        rows = xhat.shape[0]
+        zero_mean, unit_rstd = xp.zeros(rows, xhat.dtype), xp.ones(rows, xhat.dtype)  # (R,)
+        dx, dw, db = cuda_kernels.layer_norm_backward(dy, xhat, weight, zero_mean, unit_rstd)
+        dx *= rstd                                            # (R, C)
+        return dx, dw, db
 
 
 def layer_norm(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module
+from ..backend import get_array_module, is_cupy
 
 
 class Exp(Function):
@@ -98,7 +98,7 @@ class GELU(Function):
 
 def _erf(xp, z):
     """erf elementwise: CuPy has it in cupyx.scipy.special; NumPy needs its own."""
-    if xp.__name__ == "cupy":
+    if is_cupy(xp):
         from cupyx.scipy.special import erf
 
         return erf(z)
