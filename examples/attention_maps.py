@@ -30,7 +30,7 @@ from minivlm.cli.files import load_checkpoint
 from minivlm.data import SceneConfig, SceneDataset, Tokenizer, object_masks
 from minivlm.generate import caption_images
 from minivlm.models import VLM
-from minivlm.train import scene_config, train
+from minivlm.train import train
 from minivlm.viz import array_to_image, attention_grid
 
 
@@ -41,7 +41,7 @@ def trained_captioner(checkpoint: Path | None, run: Path, steps: int, quick: boo
         return loaded.model, loaded.tokenizer, loaded.scenes
     print(f"training a small captioner for {steps} steps into {run} (--checkpoint reuses one)")
     trainer = train(captioner_config(str(run), steps, quick))
-    return trainer.model, trainer.tokenizer, scene_config(trainer.config)
+    return trainer.model, trainer.tokenizer, trainer.config.data
 
 
 def object_patches(masks: np.ndarray, patch_size: int) -> np.ndarray:

@@ -26,7 +26,7 @@ import numpy as np
 
 from minivlm.data import SceneDataset
 from minivlm.generate import caption_images
-from minivlm.train import TrainConfig, Trainer, preset, scene_config, train
+from minivlm.train import TrainConfig, Trainer, preset, train
 
 
 def captioner_config(out_dir: str, steps: int, quick: bool) -> TrainConfig:
@@ -52,7 +52,7 @@ def captioner_config(out_dir: str, steps: int, quick: bool) -> TrainConfig:
 def show_captions(trainer: Trainer, split: str, count: int, seed: int = 123) -> int:
     """Caption `count` fresh scenes of `split`; print each next to the truth; return # exact."""
     scenes = SceneDataset(
-        scene_config(trainer.config),
+        trainer.config.data,
         split,
         count,
         seed,
@@ -85,7 +85,8 @@ def main() -> None:
     out = args.out or Path(tempfile.mkdtemp(prefix="minivlm_captioner_"))
     config = captioner_config(str(out), steps, args.quick)
 
-    print(f"training a {config.d_model}-wide VLM for {steps} steps of {config.batch_size} scenes")
+    width = config.model.d_model
+    print(f"training a {width}-wide VLM for {steps} steps of {config.batch_size} scenes")
     started = time.perf_counter()
     trainer = train(config)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]

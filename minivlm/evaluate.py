@@ -38,7 +38,6 @@ from .data import (
 from .generate import answer_questions, caption_images
 from .metrics import CaptionScores, QAScores, patch_masks, pointing_score, token_objects_from_spans
 from .models import VLM
-from .train.loop import sequence_loss
 
 SPLITS = ("iid", "heldout")
 
@@ -111,15 +110,11 @@ def _caption_metrics(
     for examples in _batches(dataset, config.batch_size):
         batch = collate(examples)
         with no_grad():
-            true_losses.append(
-                sequence_loss(
-                    model, batch.images, batch.inputs, batch.targets, config.device
-                ).item()
-            )
+            _, loss = model(Tensor(batch.images).to(config.device), batch.inputs, batch.targets)
+            true_losses.append(loss.item())
             shuffled = np.roll(batch.images, 1, axis=0)  # each caption gets another scene's image
-            shuffled_losses.append(
-                sequence_loss(model, shuffled, batch.inputs, batch.targets, config.device).item()
-            )
+            _, loss = model(Tensor(shuffled).to(config.device), batch.inputs, batch.targets)
+            shuffled_losses.append(loss.item())
         counts.append(int((batch.targets != -100).sum()))
         for example, generated in zip(
             examples, caption_images(model, tokenizer, batch.images), strict=False

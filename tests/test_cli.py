@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,11 @@ import minivlm.functional as functional
 from minivlm import Function
 from minivlm.checks import CASES
 from minivlm.cli import main
+from minivlm.cli.files import load_checkpoint
+from minivlm.cli.main import build_parser
 from minivlm.data import SceneConfig, SceneDataset, render_scene
+from minivlm.train import config_from_arguments, latest_checkpoint
+from minivlm.train.config import FLAGS
 
 
 def _function_classes() -> set[str]:
@@ -207,3 +212,47 @@ def test_caption_names_an_unreadable_image(tmp_path, tiny_run):
     bad.write_text("hello")
     with pytest.raises(ValueError, match="not_an_image.png"):
         main(["caption", str(bad), "--checkpoint", str(out)])
+
+
+def test_a_checkpoint_saved_with_a_flat_train_config_still_captions_and_answers(
+    tmp_path, tiny_run, capsys
+):
+    """Runs saved before TrainConfig nested the data's and the model's configs."""
+    out, image = tiny_run
+    folder = tmp_path / "step_000004"
+    shutil.copytree(latest_checkpoint(out), folder)
+    state = json.loads((folder / "trainer.json").read_text())
+    nested = state["train_config"]
+    flat = {**nested.pop("data"), **nested.pop("model"), **nested}
+    state["train_config"] = {k: v for k, v in flat.items() if k in FLAGS or k == "extra"}
+    (folder / "trainer.json").write_text(json.dumps(state))
+    assert main(["caption", str(image), "--checkpoint", str(folder)]) == 0
+    from_flat = capsys.readouterr().out
+    assert main(["caption", str(image), "--checkpoint", str(out)]) == 0
+    assert capsys.readouterr().out == from_flat
+    assert load_checkpoint(folder).scenes == load_checkpoint(out).scenes
+
+
+@pytest.mark.parametrize(
+    "file",
+    [
+        {"model": {"d_model": 48, "n_heads": 3}, "data": {"jitter": 0.1}, "steps": 7},
+        {"d_model": 48, "n_heads": 3, "jitter": 0.1, "steps": 7},
+    ],
+    ids=["nested", "flat"],
+)
+def test_config_file_nested_or_flat_overrides_the_preset_and_flags_override_it(tmp_path, file):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(file))
+    flags = ["--preset", "demo", "--config", str(path), "--steps", "9", "--no-worked-answers"]
+    config = config_from_arguments(build_parser().parse_args(["train", *flags]))
+    assert (config.model.d_model, config.model.n_heads, config.data.jitter) == (48, 3, 0.1)
+    assert (config.steps, config.data.worked_answers) == (9, False)
+    assert (config.model.token_lags, config.lr) == (6, 2e-3)  # the demo preset's
+
+
+def test_config_file_that_is_not_an_object_is_named(tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"--config .*list.json: expected a JSON object"):
+        config_from_arguments(build_parser().parse_args(["train", "--config", str(path)]))

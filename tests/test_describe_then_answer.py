@@ -29,7 +29,7 @@ from minivlm.generate import (
     generate,
     question_prompt,
 )
-from minivlm.train import preset, scene_config, train
+from minivlm.train import preset, train
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_answering_with_describe_captions_first_then_answers_after_the_caption(t
     trainer = train(
         preset("tiny", out_dir=str(tmp_path), steps=4, task="mix", qa_format="describe")
     )
-    data = SceneDataset(scene_config(trainer.config), "iid", 3, 4, task="qa")
+    data = SceneDataset(trainer.config.data, "iid", 3, 4, task="qa")
     images = np.stack([data[i].image for i in range(3)])
     questions = [data[i].question for i in range(3)]
     model, tok = trainer.model, trainer.tokenizer

@@ -68,10 +68,10 @@ def test_generation_stops_at_eos_and_records_attention_per_step(trained):
     steps, blocks, heads, patches = result.attention.shape
     assert (steps, blocks, heads) == (
         len(result.ids),
-        trainer.config.n_blocks,
-        trainer.config.n_heads,
+        trainer.config.model.n_blocks,
+        trainer.config.model.n_heads,
     )
-    assert patches == (trainer.config.image_size // trainer.config.patch_size) ** 2
+    assert patches == (trainer.config.model.image_size // trainer.config.model.patch_size) ** 2
 
 
 def test_prompts_of_different_lengths_are_refused():

@@ -6,18 +6,20 @@ import dataclasses
 import numpy as np
 import pytest
 
-from minivlm import F, no_grad, random, tensor
+from minivlm import F, gradcheck, no_grad, random, tensor
 from minivlm.checks import model_gradcheck, tiny_batch, tiny_model
+from minivlm.data import IGNORE_INDEX
 from minivlm.models import (
     FUSIONS,
     VLM,
-    CrossModalAttention,
     VisionEncoder,
     VLMBlock,
     VLMConfig,
     patchify,
     tiny_config,
 )
+from minivlm.nn import MultiHeadAttention, functional_call
+from minivlm.train import sequence_loss, target_weights
 
 
 def tiny_inputs(config, batch=2, seed=0):
@@ -93,7 +95,7 @@ def test_part_shapes():
     assert features.shape == (3, 4, 8)
     assert encoder.position_embedding.shape == (1, 4, 8)
     text = tensor(np.ones((3, 5, 8)))
-    out, weights = CrossModalAttention(8, 2)(text, features, need_weights=True)
+    out, weights = MultiHeadAttention(8, 2, packed=False)(text, features, need_weights=True)
     assert out.shape == (3, 5, 8) and weights.shape == (3, 2, 5, 4)
     for fusion in FUSIONS:
         x, _ = VLMBlock(8, 2, fusion=fusion)(text, features)
@@ -141,6 +143,79 @@ def test_loss_gradient_wrt_every_parameter_matches_finite_differences(fusion):
 def test_pre_norm_loss_gradient_matches_finite_differences():
     report = model_gradcheck("gated", norm="pre", directions=2, samples=1)
     assert report.passed, str(report)
+
+
+def targets_and_weights(tokens, seed=0):
+    """Next-token targets (B, T - 1) with some IGNORE_INDEX, and "sequence" weights."""
+    rng = np.random.default_rng(seed)
+    targets = tokens[:, 1:].copy()
+    targets[rng.random(targets.shape) < 0.3] = IGNORE_INDEX
+    targets[:, 0] = tokens[:, 1]  # every row trains at least one target
+    answers = rng.random(targets.shape) < 0.5
+    return targets, target_weights(targets, answers, "sequence", answer_weight=3.0)
+
+
+def plain_loss(logits, targets, weights=None):
+    """-log softmax(logits)[target] in NumPy: the mean over trained targets, or weighted."""
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))  # (B, T, V)
+    trained = targets != IGNORE_INDEX
+    picked = np.take_along_axis(log_probs, np.where(trained, targets, 0)[..., None], -1)[..., 0]
+    if weights is None:
+        return -picked[trained].mean()
+    return -(picked * weights * trained).sum()
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["mean", "weighted"])
+def test_forward_with_targets_returns_the_logits_and_the_trainers_loss(weighted):
+    model = tiny_model("cross", seed=3)
+    images, tokens = tiny_batch(model, seed=3)
+    inputs = tokens[:, :-1]
+    targets, weights = targets_and_weights(tokens)
+    weights = weights if weighted else None
+    logits, loss = model(images, inputs, targets, weights)
+    np.testing.assert_array_equal(logits.data, model(images, inputs).data)
+    assert loss.shape == ()
+    expected = plain_loss(logits.data, targets, weights)
+    np.testing.assert_allclose(loss.item(), expected, rtol=1e-12)
+    trainers = sequence_loss(model, images, inputs, targets, weights=weights).item()
+    np.testing.assert_allclose(trainers, expected, rtol=1e-12)
+
+
+def test_weighted_loss_gradient_with_ignored_targets_matches_finite_differences():
+    model = tiny_model("gated", seed=4)
+    images, tokens = tiny_batch(model, seed=4)
+    targets, weights = targets_and_weights(tokens, seed=4)
+    names = [name for name, _ in model.named_parameters()]
+
+    def loss(*params):
+        parameters = dict(zip(names, params, strict=True))
+        return functional_call(model, parameters, images, tokens[:, :-1], targets, weights)[1]
+
+    report = gradcheck(
+        loss,
+        list(model.parameters()),
+        full_limit=0,
+        directions=1,
+        samples=1,
+        raise_on_failure=False,
+    )
+    assert report.passed, str(report)
+
+
+@pytest.mark.parametrize(
+    "targets,weights,message",
+    [
+        (np.zeros((2, 3), dtype=np.int64), None, r"targets: expected shape \(2, 7\)"),
+        (np.zeros((2, 7), dtype=np.int64), np.ones((2, 6)), r"weights: expected shape \(2, 7\)"),
+        (None, np.ones((2, 7)), "weights: given without targets"),
+    ],
+)
+def test_bad_targets_and_weights_get_an_error_naming_the_argument(targets, weights, message):
+    model = VLM(tiny_config())
+    images, tokens = tiny_inputs(model.config)
+    with pytest.raises(ValueError, match=message):
+        model(images, tokens[:, :-1], targets, weights)
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

@@ -342,3 +342,140 @@ def test_fixed_kv_cache_projects_its_keys_once():
 def test_attention_refuses_a_width_not_divisible_by_heads():
     with pytest.raises(ValueError, match="divisible by num_heads"):
         nn.MultiHeadAttention(10, 3)
+
+
+# -- one attention class, three roles ----------------------------------------------------
+PACKED_NAMES = {"in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"}
+SEPARATE_NAMES = {f"{p}_linear.{w}" for p in ("q", "k", "v", "out") for w in ("weight", "bias")}
+
+
+def randomised_attention(packed: bool, seed: int = 0) -> nn.MultiHeadAttention:
+    """A float64 MultiHeadAttention(8, 2) with every parameter, biases too, drawn at random."""
+    attention = nn.MultiHeadAttention(8, 2, packed=packed).to(dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    for param in attention.parameters():
+        param.data[...] = 0.5 * rng.standard_normal(param.shape)
+    return attention
+
+
+def plain_attention(attention, query, context, causal=False, key_lengths=None):
+    """softmax(Q_h K_h^T / sqrt(dh), masked) V_h head by head, then the output
+    projection, in NumPy, with the weights read from either parameter layout."""
+    params = {name: param.data for name, param in attention.named_parameters()}
+    d, heads = attention.embed_dim, attention.num_heads
+    if attention.packed:
+        w, b = params["in_proj_weight"], params["in_proj_bias"]
+        (wq, wk, wv), (bq, bk, bv) = np.split(w, 3), np.split(b, 3)
+        wo, bo = params["out_proj.weight"], params["out_proj.bias"]
+    else:
+        wq, wk, wv, wo = (params[f"{p}_linear.weight"] for p in ("q", "k", "v", "out"))
+        bq, bk, bv, bo = (params[f"{p}_linear.bias"] for p in ("q", "k", "v", "out"))
+    q, k, v = query @ wq.T + bq, context @ wk.T + bk, context @ wv.T + bv  # (B, L, d)
+    (batch, lq, _), lk, dh = q.shape, k.shape[1], d // heads
+    visible = np.ones((batch, lq, lk), dtype=bool)
+    if causal:  # bottom-right aligned: query i sees keys up to lk - lq + i
+        visible &= np.tril(np.ones((lq, lk), dtype=bool), lk - lq)
+    if key_lengths is not None:
+        visible &= np.arange(lk) < np.asarray(key_lengths)[:, None, None]
+    out = np.zeros_like(q)
+    for h in range(heads):
+        cols = slice(h * dh, (h + 1) * dh)
+        scores = q[..., cols] @ k[..., cols].transpose(0, 2, 1) / np.sqrt(dh)  # (B, Lq, Lk)
+        scores = np.where(visible, scores, -np.inf)
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        out[..., cols] = probs / probs.sum(-1, keepdims=True) @ v[..., cols]
+    return out @ wo.T + bo
+
+
+def test_each_layout_has_its_own_parameter_names():
+    packed = {name for name, _ in nn.MultiHeadAttention(8, 2).named_parameters()}
+    separate = {name for name, _ in nn.MultiHeadAttention(8, 2, packed=False).named_parameters()}
+    assert packed == PACKED_NAMES, f"packed layout (torch.nn.MultiheadAttention): {packed}"
+    assert separate == SEPARATE_NAMES, f"separate layout (the decoder's): {separate}"
+    assert set(nn.TransformerEncoderLayer(8, 2).state_dict()) >= {
+        f"self_attn.{name}" for name in PACKED_NAMES
+    }
+
+
+def test_separate_layout_draws_the_same_weights_as_four_linear_layers():
+    random.manual_seed(5)
+    linears = [nn.Linear(8, 8) for _ in range(4)]
+    random.manual_seed(5)
+    attention = nn.MultiHeadAttention(8, 2, packed=False)
+    modules = (attention.q_linear, attention.k_linear, attention.v_linear, attention.out_linear)
+    for linear, module in zip(linears, modules, strict=True):
+        np.testing.assert_array_equal(module.weight.data, linear.weight.data)
+        np.testing.assert_array_equal(module.bias.data, linear.bias.data)
+
+
+def test_encoder_self_attention_equals_the_plain_computation():
+    attention = randomised_attention(packed=True, seed=1)
+    x, lengths = f64(2, 5, 8, seed=2), np.array([5, 3])
+    out, _ = attention(x, key_lengths=lengths)
+    expected = plain_attention(attention, x.data, x.data, key_lengths=lengths)
+    np.testing.assert_allclose(out.data, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_decoder_causal_self_attention_with_a_growing_cache_equals_the_plain_computation():
+    attention = randomised_attention(packed=False, seed=3)
+    x = f64(2, 5, 8, seed=4)
+    expected = plain_attention(attention, x.data, x.data, causal=True)
+    full, _ = attention(x, is_causal=True)
+    np.testing.assert_allclose(full.data, expected, rtol=1e-10, atol=1e-12)
+    cache = nn.KVCache()
+    with no_grad():
+        pieces = [attention(x[:, :2], is_causal=True, cache=cache)[0]]
+        pieces += [attention(x[:, t : t + 1], is_causal=True, cache=cache)[0] for t in (2, 3, 4)]
+    assert cache.length == 5
+    np.testing.assert_allclose(
+        np.concatenate([p.data for p in pieces], axis=1), expected, rtol=1e-10, atol=1e-12
+    )
+
+
+def test_cross_attention_with_a_fixed_cache_equals_the_plain_computation():
+    attention = randomised_attention(packed=False, seed=5)
+    text, image = f64(2, 3, 8, seed=6), f64(2, 4, 8, seed=7)
+    expected = plain_attention(attention, text.data, image.data)
+    cache = nn.KVCache(fixed=True)
+    with no_grad():
+        first, weights = attention(text[:, :2], image, cache=cache, need_weights=True)
+        second, _ = attention(text[:, 2:], None, cache=cache)  # the image is read once
+    assert cache.length == 4 and weights.shape == (2, 2, 2, 4)
+    np.testing.assert_allclose(first.data, expected[:, :2], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(second.data, expected[:, 2:], rtol=1e-10, atol=1e-12)
+
+
+def attention_with_cache_gradcheck(attention: nn.MultiHeadAttention, run, *inputs):
+    """gradcheck of run(module, *inputs) (a fresh cache each call) wrt every parameter
+    and input, float64, a random upstream gradient on each output."""
+    names = [name for name, _ in attention.named_parameters()]
+    params = list(attention.parameters())
+
+    def fn(*leaves):
+        weights = dict(zip(names, leaves[: len(params)], strict=True))
+        with nn.swapped_parameters(attention, weights):
+            return run(attention, *leaves[len(params) :])
+
+    return gradcheck(fn, params + list(inputs))
+
+
+def test_cross_attention_gradients_through_a_fixed_cache_match_finite_differences():
+    def run(attention, text, image):
+        cache = nn.KVCache(fixed=True)
+        first, weights = attention(text[:, :2], image, cache=cache, need_weights=True)
+        second, _ = attention(text[:, 2:], None, cache=cache)
+        return first, weights, second
+
+    attention = randomised_attention(packed=False, seed=8)
+    attention_with_cache_gradcheck(attention, run, f64(2, 3, 8, seed=9), f64(2, 4, 8, seed=10))
+
+
+def test_causal_self_attention_gradients_through_a_growing_cache_match_finite_differences():
+    def run(attention, x):
+        cache = nn.KVCache()
+        prompt, _ = attention(x[:, :2], is_causal=True, cache=cache)
+        step, weights = attention(x[:, 2:], is_causal=True, cache=cache, need_weights=True)
+        return prompt, step, weights
+
+    attention = randomised_attention(packed=False, seed=11)
+    attention_with_cache_gradcheck(attention, run, f64(2, 4, 8, seed=12))

@@ -98,7 +98,125 @@ def test_bad_train_config_names_the_field(field, value, expected):
     with pytest.raises(
         ValueError, match=rf"TrainConfig\.{field}: expected .*{re.escape(expected)}"
     ):
-        TrainConfig(**{field: value})
+        TrainConfig.from_dict({field: value})
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        (
+            {"model": {"image_size": 48}},
+            "TrainConfig.model.image_size: expected 64 (data.image_size), got 48",
+        ),
+        (
+            {"model": {"vocab_size": 5}},
+            "TrainConfig.model.vocab_size: expected 71 (the size of the 'en' tokenizer's "
+            "vocabulary), got 5",
+        ),
+        ({"data": {"jiter": 0.1}}, "TrainConfig.data: unknown field(s) ['jiter']"),
+        ({"model": 5}, "TrainConfig.model: expected a dict of VLMConfig fields, got 5"),
+        ({"token_lags": 64}, "token_lags must be an integer in [0, max_len=64), got 64"),
+        ({"data": {"max_objects": 0}}, "SceneConfig.max_objects: expected an int in [1, 9], got 0"),
+    ],
+)
+def test_bad_nested_config_names_the_section_and_field(values, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig.from_dict(values)
+
+
+# trainer.json's "train_config" as runs saved it before TrainConfig nested the data's and
+# the model's configs: one flat dict of every field
+FLAT_TRAIN_CONFIG = {
+    "image_size": 48,
+    "max_objects": 2,
+    "language": "zh",
+    "attribute_order": ["colour", "shape", "size"],
+    "task": "mix",
+    "qa_fraction": 0.5,
+    "qa_start": 0.25,
+    "qa_format": "describe",
+    "worked_answers": True,
+    "questions_per_image": 2,
+    "corrupt_attributes": 0.3,
+    "greyscale_captions": 0.5,
+    "loss_weighting": "sequence",
+    "answer_weight": 2.0,
+    "patch_size": 16,
+    "d_model": 48,
+    "n_heads": 3,
+    "n_encoder_layers": 1,
+    "n_blocks": 3,
+    "encoder_dropout": 0.1,
+    "max_len": 80,
+    "fusion": "gated",
+    "norm": "pre",
+    "token_lags": 6,
+    "steps": 6,
+    "batch_size": 8,
+    "lr": 0.002,
+    "warmup_steps": 2,
+    "min_lr_ratio": 0.1,
+    "weight_decay": 0.02,
+    "grad_clip": 0.5,
+    "seed": 3,
+    "device": "cpu",
+    "data_workers": 1,
+    "out_dir": "/tmp/run",
+    "log_every": 1,
+    "eval_every": 10,
+    "eval_batches": 1,
+    "checkpoint_every": 10,
+    "progress": False,
+    "extra": {"note": "flat"},
+}
+
+
+def test_an_old_flat_config_loads_into_the_nested_one_with_equal_values():
+    config = TrainConfig.from_dict(FLAT_TRAIN_CONFIG)
+    nested = config.to_dict()
+    leaves = {**nested.pop("data"), **nested.pop("model"), **nested}
+    for name, value in FLAT_TRAIN_CONFIG.items():
+        got = list(leaves[name]) if name == "attribute_order" else leaves[name]
+        assert got == value, f"{name}: the flat config says {value!r}, the nested {got!r}"
+    assert config.model.image_size == config.data.image_size == 48
+    assert config.model.vocab_size == Trainer.create(config).tokenizer.vocab_size
+
+
+def test_a_nested_config_round_trips_through_json():
+    config = preset(
+        "demo",
+        language="zh",
+        d_model=64,
+        data={"jitter": 0.1, "held_out_pairs": [["red", "star"]]},
+        model={"ffn_mult": 2},
+    )
+    saved = json.loads(json.dumps(config.to_dict()))
+    assert set(saved["data"]) >= {"jitter", "held_out_pairs"} and "vocab_size" not in saved["model"]
+    assert TrainConfig.from_dict(saved) == config
+    assert (config.data.jitter, config.data.held_out_pairs) == (0.1, (("red", "star"),))
+    assert (config.model.ffn_mult, config.model.d_model, config.model.token_lags) == (2, 64, 6)
+
+
+def test_replace_changes_leaves_and_rederives_what_follows_from_the_data():
+    config = preset("tiny").replace(image_size=48, language="zh", n_blocks=2)
+    assert config.model.image_size == config.data.image_size == 48
+    assert config.model.vocab_size == Trainer.create(config).tokenizer.vocab_size
+    assert (config.data.language, config.model.n_blocks) == ("zh", 2)
+
+
+def test_resume_reads_a_checkpoint_whose_train_config_is_flat(tmp_path):
+    """A run saved before the nesting continues exactly where it stopped."""
+    settings = dict(steps=4, checkpoint_every=2, eval_every=2, d_model=16, n_heads=2)
+    train(preset("tiny", out_dir=str(tmp_path / "whole"), **settings))
+    train(preset("tiny", out_dir=str(tmp_path / "old"), **settings), stop_at=2)
+    state_file = latest_checkpoint(tmp_path / "old") / "trainer.json"
+    state = json.loads(state_file.read_text())
+    nested = state["train_config"]
+    flat = {**nested.pop("data"), **nested.pop("model"), **nested}
+    state["train_config"] = {k: v for k, v in flat.items() if k in FLAT_TRAIN_CONFIG}
+    state_file.write_text(json.dumps(state))
+    train(preset("tiny", out_dir=str(tmp_path / "old"), **settings), resume=True)
+    assert _losses(tmp_path / "old") == _losses(tmp_path / "whole")
 
 
 def test_negative_data_workers_is_named():

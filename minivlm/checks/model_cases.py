@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import functional as F
 from .. import random
 from ..backend import to_device
 from ..gradcheck import GradcheckReport, gradcheck
@@ -81,12 +80,13 @@ def model_gradcheck(
     """Check d(loss)/d(every parameter) of a tiny VLM; the loss is next-token cross-entropy."""
     model = tiny_model(fusion, seed, norm, device, token_lags)
     images, tokens = (to_device(array, device) for array in tiny_batch(model, seed))
-    inputs, targets = tokens[:, :-1], tokens[:, 1:].reshape(-1)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T - 1) each
     names = [name for name, _ in model.named_parameters()]
 
-    def loss(*weights):
-        logits = functional_call(model, dict(zip(names, weights, strict=True)), images, inputs)
-        return F.cross_entropy(F.reshape(logits, (-1, model.config.vocab_size)), targets)
+    def loss(*weights):  # VLM.forward's loss, as training computes it
+        parameters = dict(zip(names, weights, strict=True))
+        _, value = functional_call(model, parameters, images, inputs, targets)
+        return value
 
     report = gradcheck(
         loss,

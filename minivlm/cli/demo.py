@@ -18,15 +18,15 @@ from ..data import SceneDataset
 from ..evaluate import EvalConfig, evaluate, format_table
 from ..generate import answer_questions, caption_images
 from ..train.config import TrainConfig
-from ..train.loop import Trainer, scene_config, train
+from ..train.loop import Trainer, train
 from ..viz import array_to_image, attention_grid, line_chart, sample_sheet
 
 
 def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict:
     out = Path(config.out_dir)
-    started = time.perf_counter()
+    started, model = time.perf_counter(), config.model
     _say(
-        f"minivlm demo: training a {config.d_model}-wide VLM ({config.fusion} fusion) for "
+        f"minivlm demo: training a {model.d_model}-wide VLM ({model.fusion} fusion) for "
         f"{config.steps} steps of {config.batch_size} procedural scenes on {config.device}; "
         f"output in {out}/"
     )
@@ -37,7 +37,7 @@ def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict
         "(iid and held-out colour-shape pairs)"
     )
     eval_config = eval_config or EvalConfig(device=config.device, qa_format=config.qa_format)
-    results = evaluate(trainer.model, trainer.tokenizer, scene_config(config), eval_config)
+    results = evaluate(trainer.model, trainer.tokenizer, config.data, eval_config)
     _say(format_table(results))
     show_examples(trainer, eval_config.seed)
     pictures = draw_pictures(trainer, out, eval_config.seed)
@@ -61,7 +61,7 @@ def _say(text: str) -> None:
 
 
 def show_examples(trainer: Trainer, seed: int, count: int = 4) -> None:
-    scenes = scene_config(trainer.config)
+    scenes = trainer.config.data
     for split in ("iid", "heldout"):
         data = SceneDataset(
             scenes, split, count, seed + 7, task="caption", tokenizer=trainer.tokenizer
@@ -91,7 +91,7 @@ def show_examples(trainer: Trainer, seed: int, count: int = 4) -> None:
 
 
 def draw_pictures(trainer: Trainer, out: Path, seed: int, count: int = 8) -> list[Path]:
-    scenes = scene_config(trainer.config)
+    scenes = trainer.config.data
     paths = [draw_loss_curves(out / "log.jsonl", out / "loss_curves.png")]
     data = SceneDataset(
         scenes, "heldout", count, seed + 9, task="caption", tokenizer=trainer.tokenizer

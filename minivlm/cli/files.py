@@ -16,7 +16,6 @@ from ..generate import SamplingConfig, answer_questions, caption_images
 from ..models import VLM
 from ..train.checkpoint import latest_checkpoint
 from ..train.config import TrainConfig
-from ..train.loop import scene_config
 from ..viz import attention_grid
 
 
@@ -39,13 +38,14 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Loaded:
             f"--checkpoint {path}: expected a run folder or a checkpoint folder holding {needed}; "
             f"{folder} lacks {missing}"
         )
+    # nested, or flat as runs saved before TrainConfig nested its sections wrote it
     config = TrainConfig.from_dict(
         json.loads((folder / "trainer.json").read_text())["train_config"]
     )
     return Loaded(
         load_model(folder, device),
         Tokenizer.load(folder / "tokenizer.json"),
-        scene_config(config),
+        config.data,
         config.qa_format,
     )
 

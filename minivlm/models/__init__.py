@@ -1,9 +1,10 @@
-"""The vision-language model: config, vision encoder, text decoder, decoding cache."""
+"""The vision-language model: config, vision encoder, text decoder, decoding cache, loss."""
 
 from .config import FUSIONS, NORMS, VLMConfig, tiny_config
 from .kv_cache import BlockCache, DecodeCache
+from .loss import next_token_loss
 from .vision import VisionEncoder, patchify
-from .vlm import VLM, CrossModalAttention, VLMBlock
+from .vlm import VLM, VLMBlock
 
 __all__ = [
     "VLMConfig",
@@ -12,9 +13,9 @@ __all__ = [
     "tiny_config",
     "VisionEncoder",
     "patchify",
-    "CrossModalAttention",
     "VLMBlock",
     "VLM",
+    "next_token_loss",
     "DecodeCache",
     "BlockCache",
 ]

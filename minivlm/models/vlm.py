@@ -29,49 +29,22 @@ import numpy as np
 from .. import functional as F
 from ..autograd import Tensor
 from ..backend import get_array_module, to_device
-from ..nn import LayerNorm, Linear, Module, ModuleList, Parameter, ReLU, Sequential, init
-from ..nn.attention import KVCache, attend, keys_values, split_heads
-from ..nn.layers import Embedding
+from ..nn import (
+    Embedding,
+    LayerNorm,
+    Linear,
+    Module,
+    ModuleList,
+    MultiHeadAttention,
+    Parameter,
+    ReLU,
+    Sequential,
+    init,
+)
 from .config import FUSIONS, VLMConfig
 from .kv_cache import BlockCache, DecodeCache
+from .loss import next_token_loss
 from .vision import VisionEncoder
-
-
-class CrossModalAttention(Module):
-    """Multi-head attention with queries from x (B, Lq, d) and keys/values from a context
-    (B, Lk, d): the text reading the image patches. With causal=True and the context left
-    out it is the blocks' masked self-attention. Heads are split as (B, H, L, d/H)."""
-
-    def __init__(self, d_model: int, n_heads: int, causal: bool = False):
-        super().__init__()
-        self.n_heads, self.causal = n_heads, causal
-        self.q_linear = Linear(d_model, d_model)
-        self.k_linear = Linear(d_model, d_model)
-        self.v_linear = Linear(d_model, d_model)
-        self.out_linear = Linear(d_model, d_model)
-
-    def forward(
-        self,
-        x: Tensor,
-        context: Tensor | None = None,
-        *,
-        cache: KVCache | None = None,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """(out (B, Lq, d), weights (B, H, Lq, Lk) or None)."""
-        context = x if context is None else context
-
-        def project_keys_values():  # (B, H, Lk, dh) each
-            keys = split_heads(self.k_linear(context), self.n_heads)
-            return keys, split_heads(self.v_linear(context), self.n_heads)
-
-        q = split_heads(self.q_linear(x), self.n_heads)  # (B, H, Lq, dh)
-        k, v = keys_values(cache, project_keys_values)  # (B, H, Lk, dh)
-        out, weights = attend(q, k, v, causal=self.causal, need_weights=need_weights)
-        return self.out_linear(out), weights
-
-    def extra_repr(self) -> str:
-        return f"n_heads={self.n_heads}, causal={self.causal}"
 
 
 class VLMBlock(Module):
@@ -92,9 +65,10 @@ class VLMBlock(Module):
         if fusion == "gated":
             self.cross_gate = Parameter(init.zeros((1,)))
             self.ff_gate = Parameter(init.zeros((1,)))
-        self.self_attention = CrossModalAttention(d_model, n_heads, causal=True)
+        # four Linear layers each (q_linear, k_linear, v_linear, out_linear), not packed
+        self.self_attention = MultiHeadAttention(d_model, n_heads, packed=False)
         if fusion != "prefix":
-            self.cross_attention = CrossModalAttention(d_model, n_heads)
+            self.cross_attention = MultiHeadAttention(d_model, n_heads, packed=False)
         self.feed_forward = Sequential(
             Linear(d_model, ffn_mult * d_model), ReLU(), Linear(ffn_mult * d_model, d_model)
         )
@@ -115,6 +89,7 @@ class VLMBlock(Module):
         gated = self.fusion == "gated"
         attended, weights = self.self_attention(
             self._sublayer_input(x, self.norm1),
+            is_causal=True,
             cache=None if cache is None else cache.self_attention,
             need_weights=need_weights and self.fusion == "prefix",
         )
@@ -177,9 +152,19 @@ class VLM(Module):
             self.final_norm = LayerNorm(c.d_model)
         self.output_projection = Linear(c.d_model, c.vocab_size)
 
-    def forward(self, images, tokens) -> Tensor:
-        """images (B, 3, S, S), tokens (B, T) -> logits (B, T, vocab_size)."""
-        return self.decode(tokens, self.encode_images(images))
+    def forward(self, images, tokens, targets=None, weights=None) -> Tensor | tuple[Tensor, Tensor]:
+        """images (B, 3, S, S), tokens (B, T) -> logits (B, T, vocab_size).
+
+        With targets (B, T) (the next tokens, IGNORE_INDEX where nothing is trained)
+        returns (logits, loss), the loss being next_token_loss (see models/loss.py),
+        weighted per target by weights (B, T) when given.
+        """
+        logits = self.decode(tokens, self.encode_images(images))  # (B, T, V)
+        if targets is None:
+            if weights is not None:
+                raise ValueError("weights: given without targets; expected targets (B, T) too")
+            return logits
+        return logits, next_token_loss(logits, targets, weights)
 
     def encode_images(self, images) -> Tensor:
         """images (B, 3, S, S) -> image features (B, N, d), what decode() reads."""

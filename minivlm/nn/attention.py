@@ -87,15 +87,22 @@ class KVCache:
         return keys, values
 
 
-def keys_values(cache: KVCache | None, project: Callable[[], tuple[Tensor, Tensor]]):
-    return project() if cache is None else cache.keys_values(project)
-
-
 class MultiHeadAttention(Module):
-    """torch.nn.MultiheadAttention with batch_first=True, its parameter names and init.
+    """Multi-head attention: self-attention (causal or not) or cross-attention to a
+    context, with an optional KV cache; one class for the vision encoder and the decoder.
 
-    Parameters: in_proj_weight (3d, d) = [Wq; Wk; Wv] (xavier uniform), in_proj_bias
-    (3d,) (zeros), out_proj = Linear(d, d) with its bias zeroed.
+    Two parameter layouts, chosen by `packed`, because the state dict keys are the
+    checkpoint format and both are in use:
+      packed=True (default), torch.nn.MultiheadAttention's names and init, so that the
+        encoder's layers load into torch.nn.TransformerEncoderLayer:
+          in_proj_weight (3d, d) = [Wq; Wk; Wv] (xavier uniform), in_proj_bias (3d,)
+          (zeros), out_proj = Linear(d, d) with its bias zeroed.
+      packed=False, the tutorial decoder's names and init (its checkpoints and its
+        PyTorch twin): q_linear, k_linear, v_linear, out_linear, four Linear(d, d).
+    A flag rather than one layout seen under both names: exposing one (3d, d) matrix as
+    q_linear.weight etc. too would give the state dict extra keys or change them, and
+    would change the decoder's initialisation. Only `_project` and `_output` read the
+    layout; the attention itself is the same code for both.
 
     Differences from PyTorch: no dropout on the attention weights; forward returns
     (out, weights) with weights None unless need_weights=True, and then per head
@@ -103,19 +110,25 @@ class MultiHeadAttention(Module):
     a key_padding_mask.
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True):
+    def __init__(self, embed_dim: int, num_heads: int, bias: bool = True, packed: bool = True):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(
                 f"MultiHeadAttention: embed_dim {embed_dim} must be divisible by "
                 f"num_heads {num_heads}"
             )
-        self.embed_dim, self.num_heads = embed_dim, num_heads
-        self.in_proj_weight = Parameter(init.xavier_uniform((3 * embed_dim, embed_dim)))
-        self.in_proj_bias = Parameter(init.zeros((3 * embed_dim,))) if bias else None
-        self.out_proj = Linear(embed_dim, embed_dim, bias=bias)
-        if bias:
-            self.out_proj.bias.data[...] = 0
+        self.embed_dim, self.num_heads, self.packed = embed_dim, num_heads, packed
+        if packed:
+            self.in_proj_weight = Parameter(init.xavier_uniform((3 * embed_dim, embed_dim)))
+            self.in_proj_bias = Parameter(init.zeros((3 * embed_dim,))) if bias else None
+            self.out_proj = Linear(embed_dim, embed_dim, bias=bias)
+            if bias:
+                self.out_proj.bias.data[...] = 0
+        else:
+            self.q_linear = Linear(embed_dim, embed_dim, bias=bias)
+            self.k_linear = Linear(embed_dim, embed_dim, bias=bias)
+            self.v_linear = Linear(embed_dim, embed_dim, bias=bias)
+            self.out_linear = Linear(embed_dim, embed_dim, bias=bias)
 
     def forward(
         self,
@@ -128,9 +141,12 @@ class MultiHeadAttention(Module):
         need_weights: bool = False,
         cache: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """query (B, Lq, d), key and value (B, Lk, d) (default: query, i.e. self-attention).
+        """query (B, Lq, d), key and value (B, Lk, d) (default: query, i.e. self-attention;
+        value defaults to key, the context of cross-attention).
 
-        With a cache, key/value are this step's new positions and are appended to it.
+        With a cache, key/value are this step's new positions: a growing cache appends
+        them, a fixed one that is filled ignores them (they may be None then).
+        Returns (out (B, Lq, d), weights (B, H, Lq, Lk) or None).
         """
         key = query if key is None else key
         value = key if value is None else value
@@ -140,18 +156,29 @@ class MultiHeadAttention(Module):
             keys = split_heads(self._project(key, 1), heads)
             return keys, split_heads(self._project(value, 2), heads)
 
-        q = split_heads(self._project(query, 0), heads)
-        k, v = keys_values(cache, project_keys_values)
+        q = split_heads(self._project(query, 0), heads)  # (B, H, Lq, dh)
+        if cache is None:
+            k, v = project_keys_values()
+        else:
+            k, v = cache.keys_values(project_keys_values)  # (B, H, Lk, dh)
         out, weights = attend(
             q, k, v, causal=is_causal, key_lengths=key_lengths, need_weights=need_weights
         )
-        return self.out_proj(out), weights
+        return self._output(out), weights
 
     def _project(self, x: Tensor, which: int) -> Tensor:
-        """x W_which^T + b_which with W_which rows [which d, (which+1) d) of in_proj_weight."""
+        """x W^T + b of the queries (which=0), keys (1) or values (2), (B, L, d).
+
+        Packed: W is rows [which d, (which+1) d) of in_proj_weight, b those of in_proj_bias."""
+        if not self.packed:
+            return (self.q_linear, self.k_linear, self.v_linear)[which](x)
         rows = slice(which * self.embed_dim, (which + 1) * self.embed_dim)
         bias = None if self.in_proj_bias is None else self.in_proj_bias[rows]
         return F.linear(x, self.in_proj_weight[rows], bias)
 
+    def _output(self, heads_out: Tensor) -> Tensor:
+        """The output projection of the merged heads (B, Lq, d)."""
+        return self.out_proj(heads_out) if self.packed else self.out_linear(heads_out)
+
     def extra_repr(self) -> str:
-        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}"
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, packed={self.packed}"

@@ -4,8 +4,10 @@
         model.safetensors, config.json    the weights and the model's configuration
         tokenizer.json                    the vocabulary
         optimizer.safetensors             moment buffers, one tensor per (param, buffer)
-        trainer.json                      step, train config, schedule, optimizer
-                                          hyperparameters, the random generators' states
+        trainer.json                      step, train config (TrainConfig.to_dict: nested;
+                                          runs saved before the nesting hold it flat, and
+                                          TrainConfig.from_dict reads both), schedule,
+                                          optimizer hyperparameters, the generators' states
     OUT/checkpoints/latest                the name of the newest complete checkpoint
 
 A checkpoint is written into a temporary folder that is renamed into place when
@@ -27,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 from .. import random
 from ..checkpoint import WEIGHTS_FILE, atomic_write_bytes, load_weights, save_model
 from ..data import Tokenizer
+from .config import SECTIONS, TrainConfig
 
 
 def checkpoint_root(out_dir: Path) -> Path:
@@ -70,13 +73,13 @@ def load_training_state(out_dir: Path, trainer) -> None:
     """Put the newest checkpoint's weights, optimizer, schedule, step and RNG into `trainer`."""
     folder = latest_checkpoint(out_dir)
     state = json.loads((folder / "trainer.json").read_text())
-    saved_config = {k: v for k, v in state["train_config"].items() if k not in _RUN_ONLY_FIELDS}
-    current = {k: v for k, v in trainer.config.to_dict().items() if k not in _RUN_ONLY_FIELDS}
-    differing = sorted(k for k in current if current[k] != saved_config.get(k))
+    saved_config = _settings(TrainConfig.from_dict(state["train_config"]))
+    current = _settings(trainer.config)
+    differing = sorted(k for k in current if current[k] != saved_config[k])
     if differing:
         raise ValueError(
             f"--resume: the run in {out_dir} was made with other settings for {differing} "
-            f"(saved {[saved_config.get(k) for k in differing]}, "
+            f"(saved {[saved_config[k] for k in differing]}, "
             f"now {[current[k] for k in differing]})"
         )
     trainer.tokenizer = Tokenizer.load(folder / "tokenizer.json")
@@ -99,6 +102,15 @@ _RUN_ONLY_FIELDS = {
     "checkpoint_every",
     "eval_batches",
 }
+
+
+def _settings(config: TrainConfig) -> dict:
+    """The fields a resumed run must share with its checkpoint: all but _RUN_ONLY_FIELDS,
+    the sections' as "model.d_model"."""
+    values = config.to_dict()
+    settings = {f"{s}.{k}": v for s in SECTIONS for k, v in values.pop(s).items()}
+    settings.update((k, v) for k, v in values.items() if k not in _RUN_ONLY_FIELDS)
+    return settings
 
 
 def _split_optimizer_state(state_dict: dict) -> tuple[dict, dict]:

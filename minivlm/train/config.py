@@ -1,7 +1,12 @@
-"""TrainConfig: every knob of a training run, as one dataclass; presets; file + flags.
+"""TrainConfig: a training run as one dataclass: the scenes (`data`, a SceneConfig), the
+model (`model`, a VLMConfig) and the knobs only training has; presets; file + flags.
 
 A run is described by a preset, then a JSON file, then command-line flags, each
-overriding the one before: `minivlm train --preset demo --config my.json --steps 500`.
+overriding the one before, field by field: `minivlm train --preset demo --config my.json
+--steps 500`. Flags and `preset(...)` overrides name leaf fields (`--d-model 64`,
+`d_model=64`). A JSON file may be nested, as `to_dict` writes it
+({"model": {"d_model": 64}, "steps": 500}), or flat, as runs saved before the configs
+were nested wrote it ({"d_model": 64, "steps": 500}).
 """
 
 from __future__ import annotations
@@ -12,42 +17,55 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data import SceneConfig, default_tokenizer
 from ..data.scene_dataset import MAX_QUESTIONS_PER_IMAGE, QA_FORMATS
+from ..models import VLMConfig
 
 LOSS_WEIGHTINGS: tuple[str, ...] = ("token", "sequence")  # see minivlm.train.target_weights
+SECTIONS: dict[str, type] = {"data": SceneConfig, "model": VLMConfig}
+# The model's fields that follow from the data: the size of the images it renders and
+# the vocabulary of its language's tokenizer. `to_dict` leaves them out and `from_dict`
+# fills them in; a value given anyway must agree.
+FROM_DATA: tuple[str, ...] = ("image_size", "vocab_size")
+# The model a config gets for the fields it does not set (VLMConfig's defaults otherwise).
+DEFAULT_MODEL = dict(
+    patch_size=8, d_model=128, n_heads=4, n_encoder_layers=2, n_blocks=2, encoder_dropout=0.0
+)
+# One command-line flag per leaf field, in the order `--help` lists them (the flat
+# TrainConfig's before the nesting). The scenes' held_out_pairs, jitter and noise and
+# the model's ffn_mult have no flag: set them in a --config file.
+FLAGS: tuple[str, ...] = tuple(
+    """
+    image_size max_objects language attribute_order
+    task qa_fraction qa_start qa_format worked_answers questions_per_image
+    corrupt_attributes greyscale_captions loss_weighting answer_weight
+    patch_size d_model n_heads n_encoder_layers n_blocks encoder_dropout max_len fusion norm
+    token_lags
+    steps batch_size lr warmup_steps min_lr_ratio weight_decay grad_clip
+    seed device data_workers out_dir log_every eval_every eval_batches checkpoint_every progress
+    """.split()
+)
 
 
 @dataclass
 class TrainConfig:
-    # data: procedural scenes (see minivlm.data.SceneConfig)
-    image_size: int = 64
-    max_objects: int = 3
-    language: str = "en"
-    attribute_order: tuple[str, ...] = ("size", "colour", "shape")
+    data: SceneConfig  # the procedural scenes and their text
+    # the model; its image_size and vocab_size follow from `data` (FROM_DATA): from_dict
+    # fills them in, __post_init__ checks them
+    model: VLMConfig
+    # the task mix, training's alone (see minivlm.data.stream.TrainingStream)
     task: str = "caption"  # "caption", "qa" or "mix"
     qa_fraction: float = 0.3  # with task "mix": the share of question-answer examples
     qa_start: float = 0.0  # with task "mix": QA joins after this fraction of the steps
     qa_format: str = "direct"  # "direct" or "describe": caption first, then answer
-    worked_answers: bool = False  # "red circle left to ... so yes", "star so two" (SceneConfig)
     questions_per_image: int = 1  # with qa_format "describe": questions asked in turn
-    corrupt_attributes: float = (
-        0.0  # chance that a colour/shape word in the decoder's input is replaced
-    )
-    # share of caption examples shown in greyscale, colour words untrained (minivlm.augment)
-    greyscale_captions: float = 0.0
+    # augmentation (see minivlm.train.augment)
+    # chance that a colour/shape word in the decoder's input is replaced
+    corrupt_attributes: float = 0.0
+    greyscale_captions: float = 0.0  # share of caption examples in greyscale, colours untrained
+    # the loss
     loss_weighting: str = "token"  # "token" or "sequence" (see minivlm.train.target_weights)
     answer_weight: float = 1.0  # an answer token's weight in the loss, a caption token's is 1
-    # model (see minivlm.models.VLMConfig)
-    patch_size: int = 8
-    d_model: int = 128
-    n_heads: int = 4
-    n_encoder_layers: int = 2
-    n_blocks: int = 2
-    encoder_dropout: float = 0.0
-    max_len: int = 64
-    fusion: str = "cross"
-    norm: str = "post"
-    token_lags: int = 0  # each text position also embeds the tokens this far before it
     # optimisation
     steps: int = 1000
     batch_size: int = 64
@@ -69,13 +87,21 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)  # free-form notes kept with the run
 
     def __post_init__(self) -> None:
-        self.attribute_order = tuple(self.attribute_order)
+        for name, kind in SECTIONS.items():
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                raise ValueError(f"TrainConfig.{name}: expected a {kind.__name__}, got {value!r}")
+        for name, (value, source) in _from_data(self.data).items():
+            if getattr(self.model, name) != value:
+                raise ValueError(
+                    f"TrainConfig.model.{name}: expected {value!r} ({source}), "
+                    f"got {getattr(self.model, name)!r}"
+                )
         checks = [
             ("task", self.task in ("caption", "qa", "mix"), "one of 'caption', 'qa', 'mix'"),
             ("qa_fraction", 0.0 <= self.qa_fraction <= 1.0, "a number in [0, 1]"),
             ("qa_format", self.qa_format in QA_FORMATS, f"one of {QA_FORMATS}"),
             ("qa_start", 0.0 <= self.qa_start < 1.0, "a number in [0, 1)"),
-            ("worked_answers", isinstance(self.worked_answers, bool), "a bool"),
             (
                 "questions_per_image",
                 type(self.questions_per_image) is int
@@ -87,7 +113,6 @@ class TrainConfig:
             ("answer_weight", self.answer_weight > 0, "positive"),
             ("corrupt_attributes", 0.0 <= self.corrupt_attributes < 1.0, "a number in [0, 1)"),
             ("greyscale_captions", 0.0 <= self.greyscale_captions <= 1.0, "a number in [0, 1]"),
-            ("token_lags", 0 <= self.token_lags < self.max_len, "an int in [0, max_len)"),
             ("steps", self.steps >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("lr", self.lr > 0, "positive"),
@@ -105,41 +130,117 @@ class TrainConfig:
                 )
 
     def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["attribute_order"] = list(self.attribute_order)
-        return data
+        """Nested, {"data": {...}, "model": {...}, "task": ..., ...}, without the model's
+        FROM_DATA fields (they follow from the data)."""
+        values = dataclasses.asdict(self)
+        values["model"] = {k: v for k, v in values["model"].items() if k not in FROM_DATA}
+        return values
 
     @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """From a nested dict (as `to_dict` writes it), a flat one (as runs saved before
+        the nesting wrote theirs) or a mix; the fields not given keep their defaults."""
+        values = _nested(values)
+        data = SceneConfig(**values.pop("data"))
+        derived = {name: value for name, (value, _) in _from_data(data).items()}
+        model = VLMConfig(**{**DEFAULT_MODEL, **derived, **values.pop("model")})
+        return cls(data, model, **values)
 
     def replace(self, **changes) -> TrainConfig:
-        return TrainConfig.from_dict({**self.to_dict(), **changes})
+        """A copy with `changes` (leaf names, or sections as dicts of fields) applied."""
+        return TrainConfig.from_dict(_merged(self.to_dict(), changes))
+
+
+def _from_data(data: SceneConfig) -> dict[str, tuple[int, str]]:
+    """The model's FROM_DATA fields for these scenes, each with where it comes from."""
+    return {
+        "image_size": (data.image_size, "data.image_size"),
+        "vocab_size": (
+            default_tokenizer(data).vocab_size,
+            f"the size of the {data.language!r} tokenizer's vocabulary",
+        ),
+    }
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(kind))
+
+
+def _section_of(name: str) -> str | None:
+    """The section that holds leaf field `name` (the data's for image_size, which both
+    have); None for TrainConfig's own fields."""
+    for section, kind in SECTIONS.items():
+        if name in _field_names(kind):
+            return section
+    known = set(_field_names(TrainConfig)) - set(SECTIONS)
+    if name not in known:
+        leaves = {n for kind in SECTIONS.values() for n in _field_names(kind)}
+        raise ValueError(
+            f"TrainConfig: unknown field {name!r}; known: {list(SECTIONS)} and the leaf "
+            f"fields {sorted(known | leaves)}"
+        )
+    return None
+
+
+def _nested(values: dict) -> dict:
+    """`values`, nested, flat or a mix, as {"data": {...}, "model": {...}, other fields}.
+    A leaf name given flat goes to its section and overrides the section's own entry."""
+    if not isinstance(values, dict):
+        raise ValueError(f"TrainConfig: expected a dict of fields, got {values!r}")
+    nested: dict = {}
+    for section, kind in SECTIONS.items():
+        given = values.get(section, {})
+        if not isinstance(given, dict):
+            raise ValueError(
+                f"TrainConfig.{section}: expected a dict of {kind.__name__} fields, got {given!r}"
+            )
+        unknown = sorted(set(given) - set(_field_names(kind)))
+        if unknown:
+            raise ValueError(
+                f"TrainConfig.{section}: unknown field(s) {unknown}; "
+                f"known: {sorted(_field_names(kind))}"
+            )
+        nested[section] = dict(given)
+    for name, value in values.items():
+        if name in SECTIONS:
+            continue
+        section = _section_of(name)
+        (nested if section is None else nested[section])[name] = value
+    return nested
+
+
+def _merged(*layers: dict) -> dict:
+    """The layers (each nested, flat or a mix), each overriding the one before, field by
+    field, as one nested dict."""
+    merged: dict = {section: {} for section in SECTIONS}
+    for layer in layers:
+        nested = _nested(layer)
+        for section in SECTIONS:
+            merged[section].update(nested.pop(section))
+        merged.update(nested)
+    return merged
 
 
 PRESETS: dict[str, dict] = {
     # The README's `minivlm demo`: about 10 minutes on 2 CPU cores.
     "demo": dict(
-        image_size=64,
-        patch_size=8,
-        d_model=128,
-        n_heads=4,
-        n_encoder_layers=2,
-        n_blocks=2,
+        data=dict(image_size=64, worked_answers=True),
+        model=dict(
+            patch_size=8,
+            d_model=128,
+            n_heads=4,
+            n_encoder_layers=2,
+            n_blocks=2,
+            max_len=80,
+            token_lags=6,
+        ),
         task="mix",
         qa_fraction=0.5,
         qa_start=0.0,
         qa_format="describe",
         questions_per_image=2,
-        worked_answers=True,
-        max_len=80,
         corrupt_attributes=0.5,
         greyscale_captions=0.5,
-        token_lags=6,
         steps=1700,
         batch_size=64,
         lr=2e-3,
@@ -150,25 +251,22 @@ PRESETS: dict[str, dict] = {
     ),
     # The reference tutorial's model: 224 px images, 16 px patches, 4 heads, 2 + 2 layers.
     "reference": dict(
-        image_size=224,
-        patch_size=16,
-        d_model=128,
-        n_heads=4,
-        n_encoder_layers=2,
-        n_blocks=2,
-        encoder_dropout=0.1,
-        max_len=64,
+        data=dict(image_size=224, max_objects=1),
+        model=dict(
+            patch_size=16,
+            d_model=128,
+            n_heads=4,
+            n_encoder_layers=2,
+            n_blocks=2,
+            encoder_dropout=0.1,
+            max_len=64,
+        ),
         batch_size=16,
-        max_objects=1,
     ),
     # A few seconds: for tests and smoke runs.
     "tiny": dict(
-        image_size=32,
-        patch_size=8,
-        d_model=32,
-        n_heads=2,
-        n_encoder_layers=1,
-        n_blocks=1,
+        data=dict(image_size=32, max_objects=2),
+        model=dict(patch_size=8, d_model=32, n_heads=2, n_encoder_layers=1, n_blocks=1),
         steps=20,
         batch_size=8,
         warmup_steps=2,
@@ -176,46 +274,48 @@ PRESETS: dict[str, dict] = {
         eval_every=10,
         eval_batches=1,
         checkpoint_every=10,
-        max_objects=2,
         progress=False,
     ),
 }
 
 
 def preset(name: str, **overrides) -> TrainConfig:
+    """A preset with `overrides` (leaf names, or sections as dicts of fields) applied."""
     if name not in PRESETS:
         raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
-    return TrainConfig.from_dict({**PRESETS[name], **overrides})
+    return TrainConfig.from_dict(_merged(PRESETS[name], overrides))
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """--preset, --config FILE, and one --flag per TrainConfig field."""
+    """--preset, --config FILE, and one --flag per leaf field in FLAGS."""
     parser.add_argument("--preset", default="demo", choices=sorted(PRESETS))
     parser.add_argument("--config", type=Path, help="a JSON file of TrainConfig fields")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
+    for name in FLAGS:
+        section = _section_of(name)
+        owner = TrainConfig if section is None else SECTIONS[section]
+        type_name = str(next(f.type for f in dataclasses.fields(owner) if f.name == name))
+        flag = "--" + name.replace("_", "-")
+        if type_name == "bool":
             parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None
             )
-        elif f.name == "attribute_order":
-            parser.add_argument(flag, dest=f.name, nargs=3, default=None)
+        elif name == "attribute_order":
+            parser.add_argument(flag, dest=name, nargs=3, default=None)
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
-            parser.add_argument(flag, dest=f.name, type=kind, default=None)
+            kind = {"int": int, "float": float}.get(type_name, str)
+            parser.add_argument(flag, dest=name, type=kind, default=None)
 
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
-    data = dict(PRESETS[args.preset])
+    """The preset, then the --config file, then the flags given."""
+    layers = [PRESETS[args.preset]]
     if args.config is not None:
         try:
-            data.update(json.loads(Path(args.config).read_text()))
+            layers.append(json.loads(Path(args.config).read_text()))
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"--config {args.config}: cannot read a JSON object ({err})") from err
-    for f in dataclasses.fields(TrainConfig):
-        value = getattr(args, f.name, None)
-        if value is not None:
-            data[f.name] = value
-    return TrainConfig.from_dict(data)
+        if not isinstance(layers[-1], dict):
+            raise ValueError(f"--config {args.config}: expected a JSON object, got {layers[-1]!r}")
+    flags = {name: getattr(args, name, None) for name in FLAGS}
+    layers.append({name: value for name, value in flags.items() if value is not None})
+    return TrainConfig.from_dict(_merged(*layers))

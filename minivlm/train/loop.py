@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import functional as F
 from .. import random
 from ..autograd import Tensor, no_grad
 from ..data import (
@@ -36,47 +35,25 @@ from .checkpoint import load_training_state, save_training_checkpoint
 from .config import LOSS_WEIGHTINGS, TrainConfig
 
 
+# Kept for callers written before TrainConfig nested its sections (benchmarks/train.py);
+# new code reads config.data and config.model.
 def scene_config(config: TrainConfig) -> SceneConfig:
-    return SceneConfig(
-        image_size=config.image_size,
-        max_objects=config.max_objects,
-        language=config.language,
-        attribute_order=config.attribute_order,
-        worked_answers=config.worked_answers,
-    )
+    return config.data
 
 
 def model_config(config: TrainConfig, vocab_size: int) -> VLMConfig:
-    return VLMConfig(
-        image_size=config.image_size,
-        patch_size=config.patch_size,
-        d_model=config.d_model,
-        n_heads=config.n_heads,
-        n_encoder_layers=config.n_encoder_layers,
-        n_blocks=config.n_blocks,
-        encoder_dropout=config.encoder_dropout,
-        max_len=config.max_len,
-        vocab_size=vocab_size,
-        fusion=config.fusion,
-        norm=config.norm,
-        token_lags=config.token_lags,
-    )
+    return config.model.replace(vocab_size=vocab_size)
 
 
 def sequence_loss(
     model: VLM, images, inputs, targets, device: str = "cpu", weights: np.ndarray | None = None
 ) -> Tensor:
-    """Cross-entropy over the targets (B, T) that are not IGNORE_INDEX: their mean, or
-    with weights (B, T) that sum to 1 over them (see `target_weights`), their weighted sum."""
-    logits = model(Tensor(images).to(device), inputs)  # (B, T, V)
-    vocab = logits.shape[-1]
-    flat_logits = logits.reshape(-1, vocab)  # (B*T, V)
-    flat_targets = Tensor(targets.reshape(-1)).to(device).data  # (B*T,)
-    if weights is None:
-        return F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX)
-    per_token = F.cross_entropy(flat_logits, flat_targets, IGNORE_INDEX, reduction="none")
-    flat_weights = Tensor(weights.reshape(-1).astype(per_token.dtype)).to(device)  # (B*T,)
-    return (per_token * flat_weights).sum()
+    """The model's loss (`VLM.forward` with targets: models.next_token_loss) on host
+    arrays: cross-entropy over the targets (B, T) that are not IGNORE_INDEX, their mean,
+    or with weights (B, T) that sum to 1 over them (see `target_weights`), their
+    weighted sum."""
+    _, loss = model(Tensor(images).to(device), inputs, targets, weights)
+    return loss
 
 
 def target_weights(
@@ -136,8 +113,8 @@ class Trainer:
     @classmethod
     def create(cls, config: TrainConfig) -> Trainer:
         random.manual_seed(config.seed)
-        tokenizer = default_tokenizer(scene_config(config))
-        model = VLM(model_config(config, tokenizer.vocab_size))
+        tokenizer = default_tokenizer(config.data)
+        model = VLM(config.model)  # its vocab_size is the tokenizer's (TrainConfig checks)
         model.to(config.device)
         optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
         schedule = WarmupCosine(optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
@@ -147,7 +124,7 @@ class Trainer:
         """The training batches; QA examples join after qa_start of the run."""
         c = self.config
         return TrainingStream(
-            scene_config(c),
+            c.data,
             self.tokenizer,
             c.batch_size,
             c.seed,
@@ -156,7 +133,7 @@ class Trainer:
             qa_start_step=int(c.qa_start * c.steps),
             qa_format=c.qa_format,
             questions_per_image=c.questions_per_image,
-            max_len=c.max_len + 1,
+            max_len=c.model.max_len + 1,
         )
 
     def batch(self, step: int) -> Batch:
@@ -203,7 +180,7 @@ class Trainer:
         with no_grad():
             for split in ("iid", "heldout"):
                 data = SceneDataset(
-                    scene_config(c),
+                    c.data,
                     split,
                     c.eval_batches * c.batch_size,
                     c.seed + 1,
@@ -243,7 +220,7 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
     trainer = Trainer.create(config)
     if resume:
         load_training_state(out, trainer)
-    words = _attribute_words(config.language)
+    words = _attribute_words(config.data.language)
     corruption = AttributeCorruption(trainer.tokenizer, words, config.corrupt_attributes)
     greyscale = GreyscaleCaptions(
         trainer.tokenizer, words["colour"], config.greyscale_captions, config.seed

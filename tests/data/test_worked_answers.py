@@ -21,7 +21,7 @@ from minivlm.data import (
     sample_scene,
 )
 from minivlm.evaluate import EvalConfig
-from minivlm.train import preset, scene_config, train
+from minivlm.train import preset, train
 
 SCENE = Scene(
     (
@@ -145,7 +145,7 @@ def test_the_working_is_trained_as_part_of_the_answer(qa_format):
 @pytest.mark.parametrize("split", ["iid", "heldout"])
 def test_eval_scores_a_worked_answer_by_its_end(tmp_path, monkeypatch, split):
     trainer = train(preset("tiny", out_dir=str(tmp_path), steps=3, worked_answers=True))
-    scenes = scene_config(trainer.config)
+    scenes = trainer.config.data
     assert scenes.worked_answers
     seed = EvalConfig().seed
     data = SceneDataset(scenes, split, 32, seed, task="qa", tokenizer=trainer.tokenizer)
@@ -164,5 +164,5 @@ def test_eval_scores_a_worked_answer_by_its_end(tmp_path, monkeypatch, split):
 def test_worked_answers_must_be_a_bool():
     with pytest.raises(ValueError, match="SceneConfig.worked_answers: expected a bool, got 1"):
         SceneConfig(worked_answers=1)
-    with pytest.raises(ValueError, match="TrainConfig.worked_answers: expected a bool"):
+    with pytest.raises(ValueError, match="SceneConfig.worked_answers: expected a bool"):
         preset("tiny", worked_answers="yes")
