@@ -12,6 +12,7 @@ import argparse
 import ast
 import re
 import shlex
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
@@ -237,3 +238,52 @@ def test_explain_command_parses_and_runs(capsys):
 def test_explain_paths_are_relative_to_the_repository():
     location = explain_module.source_location(Softmax.backward)
     assert location.startswith("minivlm/functional/softmax.py:"), location
+
+
+ARCHITECTURE = REPO / "docs" / "architecture.md"
+
+
+@cache
+def _tiny_training_graph():
+    """The Functions one training forward of preset("tiny") records, loss.creator first."""
+    from minivlm.autograd import _topological_order
+    from minivlm.data import SceneDataset, collate
+    from minivlm.train import Trainer, preset, sequence_loss, target_weights
+
+    trainer = Trainer.create(preset("tiny"))
+    data = SceneDataset(trainer.config.data, "iid", 8, 0, tokenizer=trainer.tokenizer)
+    batch = collate([data[i] for i in range(8)])
+    weights = target_weights(batch.targets, batch.answers)
+    loss = sequence_loss(
+        trainer.model, batch.images, batch.inputs, batch.targets, "cpu", weights
+    )
+    return loss, _topological_order(loss.creator)
+
+
+def _marked_block(marker: str) -> str:
+    """The text right after `<!-- marker -->` in architecture.md, up to a blank line."""
+    text = ARCHITECTURE.read_text()
+    start = text.index(f"<!-- {marker} -->\n") + len(f"<!-- {marker} -->\n")
+    return text[start:].split("\n\n", 1)[0]
+
+
+def test_architecture_page_states_the_creator_chain_the_engine_records():
+    loss, _ = _tiny_training_graph()
+    chain, fn = [], loss.creator
+    while fn is not None and len(chain) < 8:
+        chain.append(type(fn).__name__)
+        fn = next((t.creator for t in fn.inputs if t.creator is not None), None)
+    stated = _marked_block("creator chain: preset tiny, one training forward").splitlines()[1]
+    assert stated == " <- ".join(chain), (
+        f"docs/architecture.md states the chain\n{stated}\nbut the engine records\n"
+        + " <- ".join(chain)
+    )
+
+
+def test_architecture_page_states_the_functions_a_forward_records():
+    _, functions = _tiny_training_graph()
+    counts = Counter(type(fn).__name__ for fn in functions)
+    rows = _marked_block("function counts: preset tiny, one training forward").splitlines()[2:]
+    stated = {name.strip(): int(n) for name, n in (row.strip("|").split("|") for row in rows)}
+    assert stated.pop("all") == len(functions), f"the forward records {len(functions)}"
+    assert stated == dict(counts), f"the forward records {dict(counts)}"

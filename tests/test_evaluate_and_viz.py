@@ -64,3 +64,12 @@ def test_line_chart_and_sample_sheet_are_written_atomically(tmp_path):
     line_chart({"train": ([1, 2, 3], [3.0, 2.0, 1.5])}, tmp_path / "c.png", "loss")
     sample_sheet([Image.new("RGB", (8, 8))] * 3, ["a red square"] * 3, tmp_path / "s.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "s.png"]
+
+
+def test_demo_names_what_it_adds_to_the_tutorials_model():
+    from minivlm.cli.demo import additions_to_the_tutorial
+
+    line = additions_to_the_tutorial(preset("demo"))
+    assert "lagged token embeddings" in line and "6 tokens" in line and "worked answers" in line
+    plain = additions_to_the_tutorial(preset("demo", token_lags=0, worked_answers=False))
+    assert plain == "the tutorial's model, plain answers"

@@ -38,6 +38,7 @@ def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict
     )
     eval_config = eval_config or EvalConfig(device=config.device, qa_format=config.qa_format)
     results = evaluate(trainer.model, trainer.tokenizer, config.data, eval_config)
+    _say(additions_to_the_tutorial(config))
     _say(format_table(results))
     show_examples(trainer, eval_config.seed)
     pictures = draw_pictures(trainer, out, eval_config.seed)
@@ -54,6 +55,24 @@ def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict
         f"pictures: {', '.join(p.name for p in pictures)}"
     )
     return summary
+
+
+def additions_to_the_tutorial(config: TrainConfig) -> str:
+    """One line naming what this run adds to the tutorial's model and answers."""
+    added = []
+    if config.model.token_lags:
+        added.append(
+            f"lagged token embeddings (each position also embeds the "
+            f"{config.model.token_lags} tokens before it)"
+        )
+    if config.data.worked_answers:
+        added.append("worked answers ('red circle left to blue square right so yes')")
+    if not added:
+        return "the tutorial's model, plain answers"
+    return (
+        "added to the tutorial's model: " + "; ".join(added)
+        + " (--token-lags 0 --no-worked-answers gives the tutorial's own; the README compares)"
+    )
 
 
 def _say(text: str) -> None:
