@@ -3,7 +3,8 @@
 #   1. what GPU and driver this is (nvidia-smi)
 #   2. the kernels compile for sm_80/sm_90 without register spills (needs nvcc; else skipped)
 #   3. every GPU test: python -m pytest -m gpu -q tests
-#   4. the attention benchmark: python -m minivlm bench attention --device cuda --quick
+#   4. the attention benchmark (minivlm/bench): python -m minivlm bench attention --device
+#      cuda --quick, which fails when any CUDA implementation disagrees with the reference
 # and a table of what ran. Without a GPU (or without CuPy) it runs step 2 only and says
 # so. Installs nothing that is already there. Each step has a time limit; the whole
 # script stays well under 10 minutes.
@@ -13,7 +14,7 @@ set -uo pipefail
 
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python}
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's minivlm, installed or not
 
 steps=()     # "name|result|seconds" rows of the final table
 failed=0

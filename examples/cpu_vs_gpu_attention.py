@@ -7,7 +7,7 @@ NumPy kernel of kernels_cpu, or the CUDA kernels of kernels/ through CuPy) keeps
 the output and one log-sum-exp per row, B*H*N*(d + 1) numbers. Every run is first
 checked against a float64 reference (output and the three gradients) and timed only
 if it is right. This is the smallest form of `minivlm bench attention`
-(benchmarks/attention.py), which adds PyTorch, FLOP rates and plots.
+(minivlm/bench/attention.py), which adds PyTorch, impl="auto", FLOP rates and plots.
 
     python examples/cpu_vs_gpu_attention.py [--quick]
 """

@@ -87,32 +87,35 @@ def line_chart(
     y_label: str = "loss",
     size=(720, 420),
     log_y: bool = False,
+    log_x: bool = False,
 ) -> Path:
-    """Curves {name: (xs, ys)} on shared axes, with ticks, a legend and a title."""
+    """Curves {name: (xs, ys)} on shared axes, with ticks, a legend and a title; log_x and
+    log_y put that axis on a log10 scale (values must then be positive)."""
     width, height = size
     left, right, top, bottom = 64, 20, 36, 48
     image = Image.new("RGB", size, BACKGROUND)
     draw = ImageDraw.Draw(image)
-    all_x = [x for xs, _ in series.values() for x in xs]
-    all_y = [_y(y, log_y) for _, ys in series.values() for y in ys]
+    all_x = [_scaled(x, log_x) for xs, _ in series.values() for x in xs]
+    all_y = [_scaled(y, log_y) for _, ys in series.values() for y in ys]
     if not all_x:
         raise ValueError(f"line_chart {title!r}: no points to draw")
     x0, x1 = min(all_x), max(all_x) if max(all_x) > min(all_x) else min(all_x) + 1
     y0, y1 = min(all_y), max(all_y) if max(all_y) > min(all_y) else min(all_y) + 1
 
     def to_pixel(x, y):
-        px = left + (x - x0) / (x1 - x0) * (width - left - right)
-        py = height - bottom - (_y(y, log_y) - y0) / (y1 - y0) * (height - top - bottom)
+        px = left + (_scaled(x, log_x) - x0) / (x1 - x0) * (width - left - right)
+        py = height - bottom - (_scaled(y, log_y) - y0) / (y1 - y0) * (height - top - bottom)
         return px, py
 
     draw.rectangle([left, top, width - right, height - bottom], outline=INK)
     font = _font(12)
     for k in range(5):
         fx, fy = x0 + (x1 - x0) * k / 4, y0 + (y1 - y0) * k / 4
-        px, _ = to_pixel(fx, 0 if not log_y else 1)
+        px = left + (width - left - right) * k / 4
         py = height - bottom - (height - top - bottom) * k / 4
         draw.line([px, height - bottom, px, height - bottom + 4], fill=INK)
-        draw.text((px - 12, height - bottom + 6), f"{fx:g}", fill=INK, font=font)
+        x_text = f"{10**fx:.3g}" if log_x else f"{fx:g}"
+        draw.text((px - 12, height - bottom + 6), x_text, fill=INK, font=font)
         draw.line([left - 4, py, left, py], fill=INK)
         draw.text((4, py - 7), f"{(10**fy if log_y else fy):.3g}", fill=INK, font=font)
     for i, (name, (xs, ys)) in enumerate(series.items()):
@@ -129,8 +132,8 @@ def line_chart(
     return save_png(image, path)
 
 
-def _y(value: float, log_y: bool) -> float:
-    return math.log10(max(value, 1e-12)) if log_y else value
+def _scaled(value: float, log: bool) -> float:
+    return math.log10(max(value, 1e-12)) if log else value
 
 
 def sample_sheet(

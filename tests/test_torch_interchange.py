@@ -1,5 +1,6 @@
 """Our layers and model against the same ones built in PyTorch, weights loaded both ways:
-outputs and every parameter's gradient agree in float64 (eval mode, dropout off)."""
+outputs and every parameter's gradient agree in float64 (eval mode, dropout off). The
+model's twin is minivlm.bench.torch_twin, the one `minivlm bench train` times."""
 
 import numpy as np
 import pytest
@@ -10,125 +11,10 @@ TF = torch.nn.functional
 
 from minivlm import functional as F  # noqa: E402
 from minivlm import nn, random, tensor  # noqa: E402
+from minivlm.bench.torch_twin import TorchVLM, twin_of  # noqa: E402
 from minivlm.models import VLM, VLMConfig  # noqa: E402
 
 RTOL = 1e-8
-
-
-# -- the PyTorch twin of minivlm.models, parameter names included ------------------
-class TorchCrossModalAttention(tnn.Module):
-    def __init__(self, d_model, n_heads, causal=False):
-        super().__init__()
-        self.n_heads, self.causal = n_heads, causal
-        self.q_linear = tnn.Linear(d_model, d_model)
-        self.k_linear = tnn.Linear(d_model, d_model)
-        self.v_linear = tnn.Linear(d_model, d_model)
-        self.out_linear = tnn.Linear(d_model, d_model)
-
-    def split(self, x):
-        batch, length, width = x.shape
-        return x.view(batch, length, self.n_heads, width // self.n_heads).transpose(1, 2)
-
-    def forward(self, x, context=None):
-        context = x if context is None else context
-        q, k, v = (
-            self.split(self.q_linear(x)),
-            self.split(self.k_linear(context)),
-            self.split(self.v_linear(context)),
-        )
-        out = TF.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        return self.out_linear(out.transpose(1, 2).reshape(x.shape))
-
-
-class TorchVisionEncoder(tnn.Module):
-    def __init__(self, c: VLMConfig):
-        super().__init__()
-        self.patch_size = c.patch_size
-        self.patch_embedding = tnn.Linear(3 * c.patch_size**2, c.d_model)
-        self.position_embedding = tnn.Parameter(0.02 * torch.randn(1, c.n_patches, c.d_model))
-        self.transformer_layers = tnn.ModuleList(
-            tnn.TransformerEncoderLayer(
-                c.d_model,
-                c.n_heads,
-                c.ffn_mult * c.d_model,
-                c.encoder_dropout,
-                batch_first=True,
-                norm_first=c.norm == "pre",
-            )
-            for _ in range(c.n_encoder_layers)
-        )
-        self.norm = tnn.LayerNorm(c.d_model)
-
-    def forward(self, images):
-        patches = TF.unfold(images, self.patch_size, stride=self.patch_size).transpose(1, 2)
-        x = self.patch_embedding(patches) + self.position_embedding
-        for layer in self.transformer_layers:
-            x = layer(x)
-        return self.norm(x)
-
-
-class TorchVLMBlock(tnn.Module):
-    def __init__(self, c: VLMConfig):
-        super().__init__()
-        d, self.fusion, self.pre = c.d_model, c.fusion, c.norm == "pre"
-        if c.fusion == "gated":
-            self.cross_gate = tnn.Parameter(torch.zeros(1))
-            self.ff_gate = tnn.Parameter(torch.zeros(1))
-        self.self_attention = TorchCrossModalAttention(d, c.n_heads, causal=True)
-        if c.fusion != "prefix":
-            self.cross_attention = TorchCrossModalAttention(d, c.n_heads)
-        hidden = c.ffn_mult * d
-        self.feed_forward = tnn.Sequential(tnn.Linear(d, hidden), tnn.ReLU(), tnn.Linear(hidden, d))
-        self.norm1 = tnn.LayerNorm(d)
-        if c.fusion != "prefix":
-            self.norm2 = tnn.LayerNorm(d)
-        self.norm3 = tnn.LayerNorm(d)
-
-    def sublayer(self, x, norm, f, gate=None):
-        out = f(norm(x) if self.pre else x)
-        x = x + (out if gate is None else torch.tanh(gate) * out)
-        return x if self.pre else norm(x)
-
-    def forward(self, x, image):
-        gated = self.fusion == "gated"
-        x = self.sublayer(x, self.norm1, self.self_attention)
-        if self.fusion != "prefix":
-            cross = self.cross_gate if gated else None
-            x = self.sublayer(x, self.norm2, lambda h: self.cross_attention(h, image), cross)
-        return self.sublayer(x, self.norm3, self.feed_forward, self.ff_gate if gated else None)
-
-
-class TorchVLM(tnn.Module):
-    def __init__(self, c: VLMConfig):
-        super().__init__()
-        self.config = c
-        self.vision_encoder = TorchVisionEncoder(c)
-        if c.fusion == "prefix":
-            self.image_projection = tnn.Linear(c.d_model, c.d_model)
-        self.token_embedding = tnn.Embedding(c.vocab_size, c.d_model)
-        self.position_embedding = tnn.Embedding(c.max_len, c.d_model)
-        self.lag_embeddings = tnn.ModuleList(
-            tnn.Embedding(c.vocab_size + 1, c.d_model) for _ in range(c.token_lags)
-        )
-        self.vlm_blocks = tnn.ModuleList(TorchVLMBlock(c) for _ in range(c.n_blocks))
-        if c.norm == "pre":
-            self.final_norm = tnn.LayerNorm(c.d_model)
-        self.output_projection = tnn.Linear(c.d_model, c.vocab_size)
-
-    def forward(self, images, tokens):
-        image = self.vision_encoder(images)
-        x = self.token_embedding(tokens) + self.position_embedding(torch.arange(tokens.shape[1]))
-        for lag, table in enumerate(self.lag_embeddings, start=1):  # token t-lag, or "none"
-            earlier = tnn.functional.pad(tokens, (lag, 0), value=self.config.vocab_size)
-            x = x + table(earlier[:, : tokens.shape[1]])
-        if self.config.fusion == "prefix":
-            x = torch.cat([self.image_projection(image), x], dim=1)
-        for block in self.vlm_blocks:
-            x = block(x, image)
-        x = x[:, -tokens.shape[1] :]
-        if self.config.norm == "pre":
-            x = self.final_norm(x)
-        return self.output_projection(x)
 
 
 # -- helpers ---------------------------------------------------------------------------
@@ -262,15 +148,14 @@ def test_vlm_matches_pytorch_twin_with_weights_loaded_both_ways(fusion, norm, la
     random.manual_seed(0)
     ours = VLM(config).to(dtype=np.float64).eval()
     gates_away_from_zero(ours)
-    torch.manual_seed(0)
-    theirs = TorchVLM(config).double().eval()
     rng = np.random.default_rng(4)
     images = rng.standard_normal((2, 3, 8, 8))
     tokens = rng.integers(0, 13, size=(2, 6))
     targets = rng.integers(0, 13, size=(2, 6))
 
     # ours -> torch
-    theirs.load_state_dict(to_torch(ours.state_dict()))
+    theirs = twin_of(config, ours.state_dict()).eval()
+    assert next(theirs.parameters()).dtype == torch.float64
     logits, t_logits = run_both(ours, theirs, images, tokens, targets)
     assert_close(logits.data, t_logits, f"{fusion}/{norm} logits, our weights")
     compare_gradients(ours, theirs, f"{fusion}/{norm}, our weights: ")

@@ -1,11 +1,9 @@
-"""The `minivlm bench` sub-commands: attention, ops, train.
+"""The benchmarks behind `minivlm bench attention|ops|train`.
 
-minivlm/cli.py makes the `bench` parser and hands its sub-parsers to `add_subcommands`:
-
-    bench = commands.add_parser("bench", help="...")
-    benchmarks.cli.add_subcommands(bench.add_subparsers(dest="benchmark", required=True))
-
-Each sub-command sets `handler` (args -> exit code), as the other commands do.
+Each checks every implementation against a reference before it times it (harness.py),
+prints a table with our times over PyTorch's, and writes a JSON report; `attention`
+also draws its times against N. torch_twin.py is the VLM in PyTorch, shared with the
+tests; it is imported only where PyTorch is used.
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import argparse
 from . import attention, ops, train
 
 BENCHMARKS = {
-    "attention": (attention, "every attention implementation, checked and timed, over N"),
+    "attention": (attention, "every attention implementation, checked, then timed, over N"),
     "ops": (ops, "linear, layer_norm, softmax, cross_entropy: engine vs plain NumPy vs PyTorch"),
     "train": (train, "a training step of the reference and demo models vs PyTorch"),
 }
@@ -28,6 +26,3 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
             name, help=summary, description=module.__doc__.split("\n\n")[0]
         )
         module.add_arguments(parser)
-        parser.set_defaults(
-            command_prefix="minivlm"
-        )  # the command line is then `minivlm bench ...`

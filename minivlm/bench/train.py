@@ -1,0 +1,268 @@
+"""`minivlm bench train`: a training step of our VLM against its PyTorch twin, after a check.
+
+A step is forward, cross-entropy over every text position, backward and AdamW (lr 1e-3,
+weight decay 0.01), on random images and tokens. Models:
+
+    reference   VLMConfig.reference(d_model=128): 224 px images, 16 px patches, 2 + 2
+                layers; batch 16, text length 32
+    demo        the `minivlm demo` model: 64 px images, 8 px patches; batch 64, text 24
+    tiny        a few thousand parameters, for --quick and the tests
+
+Both frameworks start from the same weights (torch_twin.py). Before anything is timed,
+each (framework, device) computes the loss and every parameter's gradient of one batch
+in eval mode (no dropout), checked against minivlm in float64 on the CPU; one that
+computes something else is reported WRONG, not timed. Then the steps are timed in
+train mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from . import harness
+
+LEARNING_RATE, WEIGHT_DECAY = 1e-3, 0.01
+# relative errors against float64; a gradient's is judged against at least 1e-3 of the
+# model's largest gradient (a key bias's is 0: softmax ignores a shift of a whole row)
+TOLERANCE = {"loss": 1e-5, "gradients": 1e-3}
+FRAMEWORKS = ("minivlm", "torch")
+DEFAULTS = {"models": ["reference", "demo"], "repeats": 10, "warmup": 2}
+QUICK = {"models": ["tiny"], "repeats": 3, "warmup": 1}
+
+
+def model_case(name: str):
+    """(VLMConfig, batch, text length) of a model the benchmark trains."""
+    from ..models import VLMConfig
+
+    if name == "reference":
+        return VLMConfig.reference(d_model=128), 16, 32
+    if name == "demo":
+        from ..data import default_tokenizer
+        from ..train import model_config, preset, scene_config
+
+        config = preset("demo")
+        vocab = default_tokenizer(scene_config(config)).vocab_size
+        return model_config(config, vocab), config.batch_size, 24
+    config = VLMConfig(
+        image_size=16,
+        patch_size=8,
+        d_model=32,
+        n_heads=2,
+        n_encoder_layers=1,
+        n_blocks=1,
+        vocab_size=29,
+        encoder_dropout=0.1,
+        max_len=16,
+        token_lags=2,
+    )
+    return config, 4, 8  # fmt: skip
+
+
+def loss_of(model, images, tokens, targets, cross_entropy):
+    logits = model(images, tokens)  # (B, T, V)
+    return cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def minivlm_candidate(config, state: dict, device: str, batches: list) -> harness.Candidate:
+    """Our VLM and AdamW on `device`."""
+    from .. import F, Tensor
+    from ..backend import to_device, to_numpy
+    from ..models import VLM
+    from ..optim import AdamW
+
+    model = VLM(config)
+    model.load_state_dict(state)
+    model.to(device)
+    optimizer = AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    inputs = [(Tensor(to_device(images, device)), *(to_device(a, device) for a in text))
+              for images, *text in batches]  # fmt: skip
+
+    def gradients() -> dict:
+        model.eval()
+        loss = loss_of(model, *inputs[0], F.cross_entropy)
+        loss.backward()
+        got = {"loss": np.asarray(loss.item())}
+        got.update({f"d {name}": to_numpy(p.grad) for name, p in model.named_parameters()})
+        model.zero_grad()
+        model.train()
+        return got
+
+    def step(index: int) -> None:
+        loss = loss_of(model, *inputs[index % len(inputs)], F.cross_entropy)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    clock = harness.cupy_clock if device == "cuda" else harness.cpu_clock
+    return harness.Candidate(gradients, {"step": step}, clock, "numpy")
+
+
+def torch_candidate(config, state: dict, device: str, batches: list) -> harness.Candidate:
+    """The PyTorch twin and torch.optim.AdamW on `device`."""
+    import torch
+    import torch.nn.functional as tf
+
+    from .torch_twin import twin_of
+
+    twin = twin_of(config, state, device)
+    optimizer = torch.optim.AdamW(twin.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    inputs = [[torch.as_tensor(a).to(device) for a in batch] for batch in batches]
+
+    def gradients() -> dict:
+        twin.eval()
+        loss = loss_of(twin, *inputs[0], tf.cross_entropy)
+        loss.backward()
+        got = {"loss": np.asarray(loss.item())}
+        got.update({f"d {name}": p.grad.cpu().numpy() for name, p in twin.named_parameters()})
+        twin.zero_grad()
+        twin.train()
+        return got
+
+    def step(index: int) -> None:
+        loss = loss_of(twin, *inputs[index % len(inputs)], tf.cross_entropy)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    clock = harness.torch_cuda_clock if device == "cuda" else harness.cpu_clock
+    return harness.Candidate(gradients, {"step": step}, clock, "torch")
+
+
+MAKERS = {"minivlm": minivlm_candidate, "torch": torch_candidate}
+
+
+def reference_gradients(config, state: dict, batch) -> dict[str, np.ndarray]:
+    """minivlm's loss and gradients in float64 on the CPU, eval mode: the oracle."""
+    from .. import F, Tensor
+    from ..models import VLM
+
+    model = VLM(config)
+    model.load_state_dict(state)
+    model.to(dtype=np.float64).eval()
+    images, tokens, targets = batch
+    loss = loss_of(model, Tensor(images.astype(np.float64)), tokens, targets, F.cross_entropy)
+    loss.backward()
+    grads = {f"d {name}": p.grad for name, p in model.named_parameters()}
+    return {"loss": np.asarray(loss.item()), **grads}
+
+
+def run_train_benchmark(args: argparse.Namespace, makers: dict | None = None, log=harness.log):
+    """Check, then time, a training step of every model on every framework and device.
+    `makers` {framework: (config, state, device, batches) -> Candidate} replaces MAKERS."""
+    from .. import manual_seed
+    from ..models import VLM
+
+    machine = harness.machine_facts()
+    makers = makers or {name: MAKERS[name] for name in args.framework}
+    devices = ("cpu", "cuda") if args.device == "all" else (args.device,)
+    rng = np.random.default_rng(args.seed)
+    results, models = [], []
+    for model_name in args.models:
+        config, batch, length = model_case(model_name)
+        manual_seed(args.seed)
+        state = VLM(config).state_dict()
+        models.append(
+            {
+                "name": model_name,
+                "parameters": sum(a.size for a in state.values()),
+                "config": config.to_dict(),
+                "batch": batch,
+                "text_length": length,
+            }
+        )
+        shape = (batch, 3, config.image_size, config.image_size)
+        batches = [
+            (
+                rng.random(shape, dtype=np.float32),
+                *rng.integers(0, config.vocab_size, (2, batch, length)),
+            )
+            for _ in range(2)
+        ]
+        reference = reference_gradients(config, state, batches[0])
+        largest = max(np.abs(g).max() for key, g in reference.items() if key != "loss")
+        tolerance = {key: TOLERANCE["loss" if key == "loss" else "gradients"] for key in reference}
+        candidates, rows = {}, {}
+        for device, (framework, make) in ((d, m) for d in devices for m in makers.items()):
+            name = f"{framework}-{device}"
+            why = harness.why_no_torch(device) if framework == "torch" else None
+            why = why or (harness.why_no_cuda() if device == "cuda" else None)
+            rows[name] = why and harness.row(name, "unavailable", why)
+            try:
+                if why is None:
+                    candidates[name] = make(config, state, device, batches)
+            except Exception as err:  # report it, go on with the others
+                rows[name] = harness.row(name, "error", f"{type(err).__name__}: {err}")
+        rows.update(harness.check_then_time(
+            candidates, reference, tolerance, args.repeats, args.warmup, 1e-3 * float(largest)
+        ))  # fmt: skip
+        for name, result in rows.items():
+            step = result.setdefault("step", None)
+            rate = step and batch / step["median"]
+            results.append({**result, "model": model_name, "samples_per_second": rate})
+            log(f"{model_name} {name}: {result['status']}")
+    pairs = [(f"minivlm-{device}", f"torch-{device}") for device in devices]
+    return {
+        "benchmark": "train", "machine": machine, "config": harness.settings(args),
+        "models": models, "results": results,
+        "ratios": harness.ratios(results, pairs, ("model",), ("step",)),
+    }  # fmt: skip
+
+
+def format_train_table(report: dict) -> str:
+    config = report["config"]
+    lines = [
+        harness.describe(report["machine"]),
+        f"training step (forward, loss, backward, AdamW); ms: median [p10, p90] of "
+        f"{config['repeats']} interleaved steps after {config['warmup']} warm-up",
+    ]
+    for m in report["models"]:
+        c = m["config"]
+        lines.append(
+            f"  {m['name']}: {m['parameters']:,} parameters, {c['image_size']} px images in "
+            f"{c['patch_size']} px patches, d_model {c['d_model']}, {c['n_encoder_layers']}+"
+            f"{c['n_blocks']} layers, vocab {c['vocab_size']}; batch {m['batch']}, text "
+            f"length {m['text_length']}"
+        )
+
+    def errors(r):
+        found = r["check"]["relative_errors"]
+        return found["loss"], max(value for key, value in found.items() if key != "loss")
+
+    columns = {
+        "step ms": lambda r: harness.spread(r["step"], digits=1),
+        "samples/s": lambda r: f"{r['samples_per_second']:.1f}",
+        "loss err": lambda r: f"{errors(r)[0]:.0e}",
+        "max grad err": lambda r: f"{errors(r)[1]:.0e}",
+    }
+    label = ("model framework-device", lambda r: f"{r['model']} {r['implementation']}")
+    lines += ["", harness.results_table(report["results"], label, columns)]
+    lines += ["", "step time, minivlm over PyTorch (below 1: ours is faster)"]
+    lines.append(harness.ratios_table(report["ratios"], ("model",), ("step",)))
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--models", nargs="+", choices=("reference", "demo", "tiny"), help="(reference demo)")
+    add("--device", choices=("cpu", "cuda", "all"), default="all")
+    add("--framework", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS))
+    add("--repeats", type=harness.positive, help="timed steps (10; --quick 3)")
+    add("--warmup", type=int, help="untimed steps first (2; --quick 1)")
+    add("--seed", type=int, default=0)
+    add("--quick", action="store_true", help="the tiny model, 3 steps")
+    add("--json", type=Path, default=Path("benchmarks/out/train.json"), help="the report")
+    parser.set_defaults(handler=run_from_args)
+
+
+def options(argv: list[str]) -> argparse.Namespace:
+    return harness.options("train", add_arguments, argv, DEFAULTS, QUICK)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    report = run_train_benchmark(harness.with_defaults(args, DEFAULTS, QUICK))
+    print(format_train_table(report))
+    print(f"\nJSON: {harness.write_report(report, args.json, ('step',))}")
+    return 1 if any(r["status"] in ("wrong", "error") for r in report["results"]) else 0
