@@ -8,7 +8,7 @@ and you can check them yourself. For one causal self-attention head, q, k, v (L,
 2. with the engine: F.scaled_dot_product_attention, then Tensor.backward; and the
    blocked kernel of kernels_cpu (small tiles, so the online softmax really runs
    block by block), which saves only out and lse;
-3. with finite differences: central differences of L = sum(d_out * out), one element
+3. with finite differences: central differences of Phi = sum(d_out * out), one element
    of q, k, v at a time.
 
 Every gradient is compared across the three. The derivation is docs/backprop/attention.md.
@@ -75,8 +75,9 @@ def blocked_gradients(q, k, v, d_out, scale, block: int):
     return out[0, 0], [g[0, 0] for g in grads]
 
 
-def finite_difference_gradients(q, k, v, d_out, scale, eps: float = 1e-6):
-    """dL/dx for L = sum(d_out * out), by central differences, one element at a time."""
+def finite_difference_gradients(q, k, v, d_out, scale, step: float = 1e-6):
+    """dPhi/dx for Phi = sum(d_out * out), by central differences with step h, one element
+    at a time."""
 
     def loss() -> float:
         return float((d_out * forward_by_hand(q, k, v, scale)[0]).sum())
@@ -86,12 +87,12 @@ def finite_difference_gradients(q, k, v, d_out, scale, eps: float = 1e-6):
         grad = np.zeros_like(x)
         for i in np.ndindex(x.shape):
             original = x[i]
-            x[i] = original + eps
+            x[i] = original + step
             plus = loss()
-            x[i] = original - eps
+            x[i] = original - step
             minus = loss()
             x[i] = original
-            grad[i] = (plus - minus) / (2 * eps)
+            grad[i] = (plus - minus) / (2 * step)
         grads.append(grad)
     return grads
 

@@ -10,12 +10,18 @@ and why it must use a random upstream gradient.
    the input, the worst element, and the analytic and numeric values there.
 3. A Softmax whose backward ignores its incoming gradient and returns zeros. A check of
    sum(softmax(x)) is fooled, because that sum is 1 for every x and its true gradient
-   is zero; gradcheck's random upstream gradient is not.
+   is zero; gradcheck's random upstream gradient is not, and gradcheck warns when you
+   hand it a scalar output.
+4. The same broken Softmax inside a composite, tanh(linear(softmax(x), w)): the report
+   names x, and its culprit line names the Function whose own backward is wrong
+   (per_function=True checks every recorded Function on its own saved inputs).
 
     python examples/gradcheck_tour.py
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -80,7 +86,7 @@ def main() -> None:
     print("2. the same check on a LayerNorm whose backward drops the term through rstd")
     report = minivlm.gradcheck(broken_layer_norm_rows, [x, w, b], raise_on_failure=False)
     print(f"{report}\n-> passed: {report.passed}")
-    blamed = [("x", "w", "b")[check.index] for check in report.inputs if not check.passed]
+    blamed = [check.name for check in report.inputs if not check.passed]
     print(f"-> blamed: {', '.join(blamed)} (dw and db come from xhat, which is still right)\n")
 
     print("3. a Softmax whose backward ignores dy and returns zeros")
@@ -91,8 +97,22 @@ def main() -> None:
     logits = rng.standard_normal((3, 5))
     fooled = sum_check(broken_softmax, logits)
     print(f"   check of sum(softmax(x)): largest disagreement {fooled:.1e} -> passes (fooled)")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        minivlm.gradcheck(lambda t: F.sum(broken_softmax(t)), [logits])
+    print(f"   gradcheck of that sum passes too, but warns: {caught[0].message}")
     report = minivlm.gradcheck(broken_softmax, [logits], raise_on_failure=False)
-    print(f"   gradcheck with a random upstream gradient:\n   {report}\n-> passed: {report.passed}")
+    print(f"   gradcheck of softmax(x) itself, random upstream gradient:\n{report}")
+    print(f"-> passed: {report.passed}\n")
+
+    print("4. the broken Softmax inside tanh(linear(softmax(x), w))")
+
+    def composite(x, w):
+        return F.tanh(F.linear(broken_softmax(x), w))
+
+    weights = rng.standard_normal((4, 5))
+    report = minivlm.gradcheck(composite, [logits, weights], raise_on_failure=False)
+    print(f"{report}\n-> culprit: {report.culprit.name}")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,9 @@ def _commands(program: str):
     except syntax summaries with an upper-case placeholder such as `minivlm explain OP`."""
     for doc in DOCS:
         for match in re.finditer(rf"minivlm {program}\b([^`\n]*)", doc.read_text()):
-            arguments = shlex.split(match.group(1))
+            arguments = shlex.split(match.group(1), comments=True)
+            if match.group(1).startswith("`") or not match.group(1).strip():
+                continue  # the command's name in prose, not a command line
             if not any(re.fullmatch(r"[A-Z][A-Z_]*", a) for a in arguments):
                 where = f"{doc.relative_to(REPO)}:{match.group(1).strip()}"
                 yield pytest.param(doc, arguments, id=where)
@@ -287,3 +289,30 @@ def test_architecture_page_states_the_functions_a_forward_records():
     stated = {name.strip(): int(n) for name, n in (row.strip("|").split("|") for row in rows)}
     assert stated.pop("all") == len(functions), f"the forward records {len(functions)}"
     assert stated == dict(counts), f"the forward records {dict(counts)}"
+
+
+# -- docs/custom_op.md ---------------------------------------------------------------------
+
+CUSTOM_OP = REPO / "docs" / "custom_op.md"
+
+
+def test_custom_op_page_snippets_run_and_each_mistake_fails():
+    from minivlm import GradcheckError
+
+    blocks = re.findall(r"```python\n(.*?)```", CUSTOM_OP.read_text(), re.DOTALL)
+    namespace: dict = {}
+    for block in blocks[:2]:  # the op and its passing check
+        exec(block, namespace)  # noqa: S102 - the page's own code
+    mistakes = blocks[2:]
+    assert len(mistakes) >= 4
+    for block in mistakes:
+        with pytest.raises((GradcheckError, RuntimeError)):
+            exec(block, namespace)  # noqa: S102
+
+
+# -- docs/zh ---------------------------------------------------------------------------------
+
+
+def test_chinese_guide_covers_the_chapters_and_the_two_derivations():
+    pages = {p.name for p in (REPO / "docs" / "zh").glob("*.md")}
+    assert {"README.md", "attention.md", "layer_norm.md"} <= pages

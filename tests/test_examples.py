@@ -32,7 +32,15 @@ RUNS = {
     ),
     "gradcheck_tour.py": (
         [],
-        ["-> passed: True", "-> passed: False", "-> blamed: x", "passes (fooled)", "analytic 0,"],
+        [
+            "-> passed: True",
+            "-> passed: False",
+            "-> blamed: x",
+            "passes (fooled)",
+            "every output is a scalar",
+            "culprit: #0 SoftmaxIgnoringDy(x (3, 5))",
+            "-> culprit: SoftmaxIgnoringDy",
+        ],
     ),
     "train_captioner.py": (
         ["--quick"],
@@ -43,6 +51,7 @@ RUNS = {
         ["training a small captioner", "attention on them per word", "wrote "],
     ),
     "cpu_vs_gpu_attention.py": (["--quick"], ["numpy-naive", "numpy-fused", "kept for backward"]),
+    "function_graph.py": ([], ["wrote ", "function_graph.png", "bottom-up for the backward"]),
 }
 
 
@@ -97,3 +106,10 @@ def test_cpu_vs_gpu_attention_checks_times_and_says_plainly_whether_there_is_a_g
         assert "a GPU is here" in out and "cupy-fused" in out
     else:
         assert "no GPU here, so NumPy only" in out
+
+
+def test_function_graph_writes_a_png_and_dot_text_of_one_sublayer(tmp_path):
+    run_example("function_graph.py", str(tmp_path))
+    assert (tmp_path / "function_graph.png").read_bytes().startswith(b"\x89PNG")
+    dot = (tmp_path / "function_graph.dot").read_text()
+    assert 'label="Attention\\n(1, 2, 3, 2)"' in dot and 'label="LayerNorm\\n(3, 4)"' in dot

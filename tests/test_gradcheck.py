@@ -5,6 +5,7 @@ alone."""
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from minivlm import F, Function, GradcheckError, gradcheck, tensor
 from minivlm.backend import get_array_module, to_numpy
 from minivlm.functional.attention import Attention
 from minivlm.functional.softmax import Softmax
-from minivlm.gradcheck import GradcheckReport, InputCheck
+from minivlm.gradcheck import FunctionsReport, GradcheckReport, GradcheckWarning, InputCheck
 
 
 class SoftmaxIgnoringUpstream(Softmax):
@@ -36,6 +37,13 @@ class AttentionWithTransposedKeyGrad(Attention):
         return d_scores @ k * self.scale, d_scores @ q * self.scale, d_v
 
 
+class SoftmaxReturningZeros(Softmax):
+    """Planted bug: a backward that returns zeros whatever comes in."""
+
+    def backward(self, dy):
+        return get_array_module(dy).zeros_like(dy)
+
+
 class DoubleWithOneWrongElement(Function):
     """y = 2 x, whose backward is wrong at flat element `bad` only."""
 
@@ -51,10 +59,16 @@ class DoubleWithOneWrongElement(Function):
         return dx
 
 
-def _worst_element(message: str) -> tuple[int, ...]:
-    found = re.search(r"worst at \(([\d, ]+)\)", message)
-    assert found, f"no element named in: {message}"
-    return tuple(int(i) for i in found.group(1).split(",") if i.strip())
+def _row(message: str, name: str) -> list[str]:
+    """The cells of input `name`'s row in a printed report."""
+    found = re.search(rf"^{re.escape(name)}  +(\(.*?\))  +(\S+ \d+)  +(\(.*?\)|direction \d+)"
+                      rf"  +(\S+)  +(\S+)  +(\S+)  +(\S+)  +(.*)$", message, re.MULTILINE)
+    assert found, f"no row for {name} in:\n{message}"
+    return list(found.groups())
+
+
+def _worst_element(message: str, name: str) -> tuple[int, ...]:
+    return tuple(int(i) for i in _row(message, name)[2].strip("()").split(",") if i.strip())
 
 
 def test_passes_a_correct_op_and_reports_every_checked_input(randn):
@@ -62,15 +76,18 @@ def test_passes_a_correct_op_and_reports_every_checked_input(randn):
     report = gradcheck(F.linear, [x, w, b])
     assert isinstance(report, GradcheckReport) and report.passed
     assert [c.index for c in report.inputs] == [0, 1, 2]
+    assert report.names == ["x", "weight", "bias"]  # F.linear's parameters
     assert [c.shape for c in report.inputs] == [(2, 3), (4, 3), (4,)]
     assert all(isinstance(c, InputCheck) and c.mode == "full" and c.passed for c in report.inputs)
+    assert [c.compared for c in report.inputs] == [6, 12, 4]
     assert report.max_abs_error < 1e-8 and report.max_rel_error < 1e-6
     assert report.max_abs_error == max(c.max_abs_error for c in report.inputs)
-    assert all(
-        isinstance(c.worst_element, tuple) and len(c.worst_element) == 2 for c in report.inputs[:2]
-    )
-    assert (report.atol, report.rtol) == (1e-6, 1e-4)
-    assert "input 2 (shape (4,), full check)" in str(report)
+    assert all(isinstance(c.element, tuple) and len(c.element) == 2 for c in report.inputs[:2])
+    assert (report.atol, report.rtol, report.step) == (1e-6, 1e-4, 1e-6)
+    text = str(report)
+    assert _row(text, "bias")[:2] == ["(4,)", "full, 4"]
+    assert "tolerance" in text.splitlines()[0]
+    assert text.splitlines()[-1].startswith("passed: every compared element within tolerance")
 
 
 def test_softmax_backward_ignoring_its_upstream_gradient_fails_with_the_element_named(randn):
@@ -82,10 +99,10 @@ def test_softmax_backward_ignoring_its_upstream_gradient_fails_with_the_element_
     with pytest.raises(GradcheckError) as caught:
         gradcheck(lambda t: SoftmaxIgnoringUpstream(-1)(t), [x])
     message = str(caught.value)
-    assert "input 0 (shape (3, 5), full check)" in message
-    row, col = _worst_element(message)
+    assert _row(message, "t")[:2] == ["(3, 5)", "full, 15"]
+    row, col = _worst_element(message, "t")
     assert 0 <= row < 3 and 0 <= col < 5
-    assert "analytic" in message and "numeric" in message
+    assert "analytic" in message and "numeric" in message and "FAILED: outside tolerance" in message
 
 
 def test_attention_backward_with_a_transposed_term_fails_on_the_key_only(randn):
@@ -97,9 +114,9 @@ def test_attention_backward_with_a_transposed_term_fails_on_the_key_only(randn):
     with pytest.raises(GradcheckError) as caught:
         gradcheck(buggy, [q, k, v])
     message = str(caught.value)
-    assert "input 1 (shape (1, 2, 4, 3), full check)" in message
-    assert "input 0" not in message and "input 2" not in message
-    assert len(_worst_element(message)) == 4
+    assert _row(message, "k")[-1].startswith("FAIL")
+    assert _row(message, "q")[-1] == "pass" and _row(message, "v")[-1] == "pass"
+    assert len(_worst_element(message, "k")) == 4
     report = gradcheck(buggy, [q, k, v], raise_on_failure=False)
     assert [c.passed for c in report.inputs] == [True, False, True]
 
@@ -117,12 +134,11 @@ def test_random_directions_catch_an_error_the_element_sample_missed(randn):
     fn = DoubleWithOneWrongElement(bad=0)
     report = gradcheck(fn, [x], full_limit=10, samples=1, seed=1, raise_on_failure=False)
     (check,) = report.inputs
-    assert check.worst_element != (0, 0), "the seed should sample another element"
-    assert not check.passed and check.worst_element.startswith("random direction")
-    with pytest.raises(
-        GradcheckError, match=r"input 0 \(shape \(30, 30\), directions\+sample check\)"
-    ):
+    assert not check.passed and check.element.startswith("direction")
+    assert check.compared == 1 + 4 and check.outside >= 1
+    with pytest.raises(GradcheckError) as caught:
         gradcheck(fn, [x], full_limit=10, samples=1, seed=1)
+    assert _row(str(caught.value), "x")[1] == "directions+sample, 5"
 
 
 def test_failure_message_shows_both_values_errors_and_tolerance(randn):
@@ -130,19 +146,20 @@ def test_failure_message_shows_both_values_errors_and_tolerance(randn):
     with pytest.raises(GradcheckError) as caught:
         gradcheck(DoubleWithOneWrongElement(bad=4), [x], atol=1e-5, rtol=1e-3)
     message = str(caught.value)
-    assert _worst_element(message) == (1, 1)
-    analytic, numeric = (
-        float(re.search(rf"{name} (\S+),", message).group(1)) for name in ("analytic", "numeric")
-    )
-    assert analytic - numeric == pytest.approx(1.0, abs=1e-6)
-    assert "abs error 1.000e+00" in message
-    assert "tolerance atol 1e-05 + rtol 0.001 * |numeric|" in message
+    shape, mode, element, analytic, numeric, error, tolerance, result = _row(message, "x")
+    assert element == "(1, 1)" and "np.int64" not in message
+    assert float(analytic) - float(numeric) == pytest.approx(1.0, abs=1e-6)
+    assert error == "1.0e+00" and float(tolerance) == pytest.approx(1e-5 + 1e-3 * abs(float(numeric)), rel=0.05)
+    assert result == "FAIL (1 outside)"
+    assert "atol 1e-05 + rtol 0.001 * |numeric|" in message
 
 
 def test_callers_tensors_keep_their_values_dtype_and_grad(device):
     x = tensor(np.random.default_rng(0).standard_normal((3, 4)), requires_grad=True, device=device)
     before = x.numpy().copy()
-    report = gradcheck(F.exp, [x])
+    with pytest.warns(GradcheckWarning, match="x promoted to float64"):
+        report = gradcheck(F.exp, [x])
+    assert "warning: x promoted to float64" in str(report)
     assert report.passed
     assert x.dtype == np.float32 and x.grad is None
     np.testing.assert_array_equal(x.numpy(), before)
@@ -168,3 +185,87 @@ def test_several_outputs_each_get_their_own_upstream_gradient(randn):
         [q, k, v],
     )
     assert report.passed and len(report.inputs) == 3
+
+
+def test_the_element_shown_is_the_one_with_the_largest_error_with_its_own_values(randn):
+    x = randn(4, 5)
+    # relu's gradient is 0 at negative x; those elements must not be shown for their 0 error
+    report = gradcheck(lambda x: F.relu(x) * F.exp(x), [x])
+    (check,) = report.inputs
+    assert check.abs_error == check.max_abs_error > 0
+    assert check.analytic != 0
+    assert check.abs_error == abs(check.analytic - check.numeric)
+
+
+def test_inputs_are_named_by_names_or_by_the_function_signature(randn):
+    q, k, v = randn(1, 1, 2, 2), randn(1, 1, 3, 2), randn(1, 1, 3, 2)
+    report = gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), [q, k, v])
+    assert report.names == ["q", "k", "v"]
+    named = gradcheck(lambda *xs: F.add(*xs), [randn(2), randn(2)], names=["left", "right"])
+    assert named.names == ["left", "right"]
+    assert gradcheck(lambda *xs: F.add(*xs), [randn(2), randn(2)]).names == ["xs[0]", "xs[1]"]
+    with pytest.raises(ValueError, match="names has 1 entries for 2 inputs"):
+        gradcheck(F.add, [randn(2), randn(2)], names=["a"])
+
+
+def test_case_settings_are_printed_above_the_table(randn):
+    report = gradcheck(F.tanh, [randn(2)], settings={"scale": 0.5, "key_lengths": [3, 1]})
+    assert str(report).splitlines()[0] == "settings: scale=0.5, key_lengths=[3, 1]"
+
+
+def test_a_scalar_output_warns_that_it_can_be_fooled_and_per_function_is_not(randn):
+    x = randn(3, 4)
+
+    def summed(t):
+        return F.sum(SoftmaxReturningZeros(-1)(t))
+
+    with pytest.warns(GradcheckWarning, match="every output is a scalar"):
+        fooled = gradcheck(summed, [x])
+    assert fooled.passed and "per_function=True" in str(fooled)
+    with pytest.raises(GradcheckError) as caught:
+        gradcheck(summed, [x], per_function=True)
+    message = str(caught.value)
+    assert "first Function whose backward is wrong: #0 SoftmaxReturningZeros(x (3, 4))" in message
+    report = gradcheck(summed, [x], per_function=True, raise_on_failure=False)
+    assert isinstance(report, FunctionsReport)
+    assert [f.name for f in report.functions] == ["SoftmaxReturningZeros", "Sum"]
+    assert report.first_failure.name == "SoftmaxReturningZeros"
+    assert "tests/test_gradcheck.py" in report.first_failure.backward_at
+
+
+def test_an_op_that_reduces_to_a_scalar_itself_does_not_warn(randn):
+    targets = tensor(np.array([0, 2, 1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GradcheckWarning)
+        gradcheck(lambda z: F.cross_entropy(z, targets), [randn(3, 4)])
+
+
+def test_a_failure_inside_a_composite_names_the_function_whose_backward_is_wrong(randn):
+    def composite(x, w):
+        return F.tanh(F.linear(SoftmaxReturningZeros(-1)(x), w))
+
+    report = gradcheck(composite, [randn(2, 3), randn(4, 3)], raise_on_failure=False)
+    assert [c.passed for c in report.inputs] == [False, True]
+    assert report.culprit.name == "SoftmaxReturningZeros" and report.culprit.position == 0
+    assert "culprit: #0 SoftmaxReturningZeros(x (2, 3))" in str(report)
+
+
+def test_float32_arithmetic_inside_a_correct_op_fails_with_a_precision_hint(randn):
+    def tanh_in_float32(x):
+        return F.astype(F.tanh(F.astype(x, np.float32)), np.float64)
+
+    report = gradcheck(tanh_in_float32, [randn(3, 4)], raise_on_failure=False)
+    assert not report.passed
+    (hint,) = report.hints
+    assert "AsType, Tanh computed below float64" in hint and "step=1e-3" in hint
+    loose = gradcheck(tanh_in_float32, [randn(3, 4)], step=1e-3, atol=1e-2, rtol=1e-2)
+    assert loose.passed
+
+
+def test_per_function_checks_every_recorded_function_on_its_own_inputs(randn):
+    x, w, b = randn(2, 3), randn(4, 3), randn(4)
+    report = gradcheck(lambda x, w, b: F.softmax(F.linear(x, w, b), dim=-1), [x, w, b],
+                       per_function=True)  # fmt: skip
+    assert report.passed and [f.name for f in report.functions] == ["Linear", "Softmax"]
+    assert report.functions[0].report.names == ["x", "weight", "bias"]
+    assert str(report).splitlines()[-1] == "passed: all 2 Functions, each on its own inputs"

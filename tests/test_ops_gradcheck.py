@@ -222,7 +222,7 @@ CASES = {
     "astype_float32": lambda r, dev: (
         lambda x: F.astype(x, np.float32),
         [r(3, 4)],
-        {"eps": 1e-2, "atol": 1e-4, "rtol": 1e-4},
+        {"step": 1e-2, "atol": 1e-4, "rtol": 1e-4},
     ),
 }
 

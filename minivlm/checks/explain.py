@@ -1,11 +1,16 @@
 """`minivlm explain OP`: an op's forward and backward formulas, where its code is, and its
 gradient check with analytic and numeric gradients side by side.
 
-OP is a case of `minivlm gradcheck` (the table in op_checks.py): `attention`,
-`layer_norm`, `cross_entropy_smooth_sum`, ... The check runs that case's small float64
-inputs on the CPU. Its objective is L(x) = sum_k <g_k, f_k(x)> with a random upstream
-gradient g, as in `minivlm.gradcheck`; the numeric gradient of an element is the
-central difference (L(x + eps e_i) - L(x - eps e_i)) / (2 eps).
+OP is a case of `minivlm gradcheck` (the table in op_cases.py: `attention`, `layer_norm`,
+`cross_entropy_smooth_sum`, ...) or a minivlm.F function (`scaled_dot_product_attention`:
+its first case). The check runs that case's small float64 inputs on the CPU. Its
+objective is Phi(x) = sum_k <g_k, f_k(x)> with a random upstream gradient g, as in
+`minivlm.gradcheck`; the numeric gradient of an element is the central difference
+(Phi(x + h e_i) - Phi(x - h e_i)) / (2 h).
+
+`--trace` prints one tiny case's forward and backward with every intermediate named as
+in docs/backprop (checks/trace.py); `--graph FILE` draws the Function graph of the case's
+forward (checks/graph.py).
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from ..autograd import Function, Tensor, no_grad
-from .op_cases import CASES, OpCase
+from ..gradcheck import _input_names, format_table
+from .graph import write_graph
+from .op_cases import CASES, OpCase, calls
+from .trace import TRACES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-EPS = 1e-6
+STEP = 1e-6  # h, the finite-difference step
 
 
 @dataclass(frozen=True)
@@ -167,25 +175,29 @@ FORMULAS: dict[str, Formulas] = {
     "FusedAttention": Formulas(
         "scaled dot-product attention, blocked online softmax (keeps out and lse)",
         (
+            "each row starts from m = -inf, l = 0, acc = 0",
             "per key block: m' = max(m, rowmax S),  l = l e^{m - m'} + rowsum e^{S - m'}",
             "               acc = acc e^{m - m'} + e^{S - m'} v",
             "out = acc / l,  lse = m + log l    (a row with no key: out 0, lse -inf)",
         ),
         (
-            "d_dot_o = rowsum(d_out * out)    (= rowsum(P * dP))",
-            "per tile: P = exp(scale q k^T - lse),  dv += P^T d_out",
+            "D = d_dot_o = rowsum(d_out * out)    (= rowsum(P * dP); one per query row)",
+            "per tile: P = exp(scale q k^T - lse), 0 where masked;  dv += P^T d_out",
             "          dS = P * (d_out v^T - d_dot_o)",
             "          dq += scale dS k,  dk += scale dS^T q",
         ),
         "attention.md",
     ),
     "CrossEntropy": Formulas(
-        "softmax cross-entropy with label smoothing eps",
+        "softmax cross-entropy with label smoothing alpha",
         (
-            "loss_i = (1 - eps)(lse_i - z_i[t_i]) + eps (lse_i - mean_j z_ij)",
+            "loss_i = (1 - alpha)(lse_i - z_i[t_i]) + alpha (lse_i - mean_j z_ij)",
             "lse_i = log sum_j e^{z_ij};  ignored rows: 0;  mean over the counted rows",
         ),
-        ("d_logits = d_rows * (softmax(z) - (1 - eps) onehot(t) - eps / V), 0 on ignored rows",),
+        (
+            "d_logits = d_rows * (softmax(z) - (1 - alpha) onehot(t) - alpha / V),",
+            "    0 on ignored rows",
+        ),
         "cross_entropy.md",
     ),
 }
@@ -195,7 +207,7 @@ FORMULAS: dict[str, Formulas] = {
 class ElementComparison:
     """One element of one input: its value and both gradients of the objective."""
 
-    input_index: int
+    input_name: str
     element: tuple[int, ...]
     value: float
     analytic: float
@@ -203,11 +215,15 @@ class ElementComparison:
 
 
 def find_case(op_name: str) -> OpCase:
-    """The gradcheck case called `op_name`, or a LookupError listing the known ones."""
+    """The gradcheck case called `op_name`, else the first case of the minivlm.F function
+    `op_name`, or a LookupError listing the known names."""
     for case in CASES:
         if case.name == op_name:
             return case
-    known = ", ".join(case.name for case in CASES)
+    for case in CASES:
+        if calls(case, op_name):
+            return case
+    known = ", ".join(sorted({case.name for case in CASES} | {case.op for case in CASES}))
     raise LookupError(f"unknown op {op_name!r}; expected one of: {known}")
 
 
@@ -234,11 +250,12 @@ def source_location(function: Callable) -> str:
 def compare_elements(case: OpCase, per_input: int, seed: int = 0) -> list[ElementComparison]:
     """Analytic vs central-difference gradients on `per_input` random elements of each input."""
     rng = np.random.default_rng(seed)
-    fn, inputs = case.build(rng, "cpu")
+    fn, inputs, _ = case.build(rng, "cpu")
+    names = _input_names(fn, len(inputs))
     outputs = _as_list(fn(*inputs))
     upstream = [rng.standard_normal(out.shape) for out in outputs]  # g_k
 
-    def objective() -> float:  # L(x) = sum_k <g_k, f_k(x)>
+    def objective() -> float:  # Phi(x) = sum_k <g_k, f_k(x)>
         with no_grad():
             return sum(
                 float((g * out.data).sum())
@@ -258,7 +275,7 @@ def compare_elements(case: OpCase, per_input: int, seed: int = 0) -> list[Elemen
             numeric = _central_difference(leaf, element, objective)
             rows.append(
                 ElementComparison(
-                    index, element, float(leaf.data[element]), float(grad[element]), numeric
+                    names[index], element, float(leaf.data[element]), float(grad[element]), numeric
                 )
             )
     return rows
@@ -269,19 +286,23 @@ def _as_list(result) -> list[Tensor]:
 
 
 def _central_difference(leaf: Tensor, element: tuple[int, ...], objective) -> float:
-    """(L(x + eps e_i) - L(x - eps e_i)) / (2 eps), leaving x as it was."""
+    """(Phi(x + h e_i) - Phi(x - h e_i)) / (2 h), leaving x as it was."""
     original = float(leaf.data[element])
-    leaf.data[element] = original + EPS
+    leaf.data[element] = original + STEP
     plus = objective()
-    leaf.data[element] = original - EPS
+    leaf.data[element] = original - STEP
     minus = objective()
     leaf.data[element] = original
-    return (plus - minus) / (2 * EPS)
+    return (plus - minus) / (2 * STEP)
 
 
-def explain(op_name: str, elements: int = 4) -> int:
-    """Print the op's formulas, code locations and gradient check; 0 if the check passes,
-    1 if it fails, 2 for an unknown op or a bad `elements`."""
+def explain(
+    op_name: str, elements: int = 4, trace: bool = False, graph: str | Path | None = None
+) -> int:
+    """Print the op's formulas, code locations and gradient check (with `trace`, one tiny
+    case traced step by step instead; with `graph`, also draw its forward's Function
+    graph there); 0 if the check passes, 1 if it fails, 2 for an unknown op, an op
+    without a trace, or a bad `elements`."""
     try:
         case = find_case(op_name)
     except LookupError as err:
@@ -293,18 +314,40 @@ def explain(op_name: str, elements: int = 4) -> int:
             file=sys.stderr,
         )
         return 2
+    traced = next((TRACES[name] for name in case.covers if name in TRACES), None)
+    if trace and traced is None:
+        have = sorted({c.op for c in CASES if set(c.covers) & set(TRACES)})
+        print(f"minivlm explain: no --trace for {op_name!r}; traced ops: {', '.join(have)}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if case.name != op_name:
+        print(f"{op_name}: explaining its case {case.name!r}\n")
     for name in case.covers:
         _print_function(name)
+    if graph is not None:
+        print(f"\nFunction graph of the forward: {draw_case_graph(case, graph)}")
+    if trace:
+        print()
+        return 0 if traced() else 1
     _print_comparison(compare_elements(case, elements))
-    report, shapes = case.run("cpu")
-    print(f"\nevery element (minivlm.gradcheck on inputs {shapes}):")
-    for check in report.inputs:
-        print(f"  {check.describe(report.atol, report.rtol)}")
+    report = case.run("cpu")
+    print(f"\nevery element (minivlm.gradcheck of case {case.name!r}):")
+    print("\n".join(f"  {line}" for line in str(report).splitlines()))
     print(f"result: {'pass' if report.passed else 'FAIL'}")
     related = [c.name for c in CASES if c is not case and set(c.covers) & set(case.covers)]
     if related:
         print(f"the same Function in other cases: {', '.join(related)}")
     return 0 if report.passed else 1
+
+
+def draw_case_graph(case: OpCase, path: str | Path) -> Path:
+    """Draw the Function graph of the case's forward (PNG, or dot text for .dot) at path."""
+    fn, inputs, _ = case.build(np.random.default_rng(0), "cpu")
+    names = _input_names(fn, len(inputs))
+    outputs = fn(*inputs)
+    outputs = list(outputs) if isinstance(outputs, (tuple, list)) else [outputs]
+    leaf_names = {id(t): n for t, n in zip(inputs, names, strict=True) if isinstance(t, Tensor)}
+    return write_graph(outputs, leaf_names, path)
 
 
 def _print_function(name: str) -> None:
@@ -323,22 +366,22 @@ def _print_function(name: str) -> None:
 
 def _print_comparison(rows: list[ElementComparison]) -> None:
     print(
-        "\nanalytic vs numeric, L = sum <g, f(x)> with a random upstream gradient g, "
-        f"central differences with eps = {EPS:g}"
+        "\nanalytic vs numeric: Phi = sum <g, f(x)> with a random upstream gradient g, "
+        f"central differences with step h = {STEP:g}"
     )
     header = ("input", "element", "x", "analytic", "numeric", "abs error")
-    widths = (6, 16, 11, 17, 17, 9)
-    print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    for row in rows:
-        cells = (
-            row.input_index,
-            row.element,
+    cells = [
+        (
+            row.input_name,
+            str(row.element),
             f"{row.value:.5g}",
             f"{row.analytic:.12g}",
             f"{row.numeric:.12g}",
             f"{abs(row.analytic - row.numeric):.1e}",
         )
-        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)))
+        for row in rows
+    ]
+    print("\n".join(f"  {line}" for line in format_table(header, cells)))
 
 
 def add_explain_command(subparsers: argparse._SubParsersAction) -> None:
@@ -346,6 +389,24 @@ def add_explain_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "explain", help="an op's formulas, its code, and analytic vs numeric gradients"
     )
-    parser.add_argument("op", help="a case of `minivlm gradcheck`, e.g. attention or layer_norm")
+    parser.add_argument(
+        "op",
+        help="a case of `minivlm gradcheck` (attention, layer_norm, ...) or a minivlm.F "
+        "function (scaled_dot_product_attention)",
+    )
     parser.add_argument("--elements", type=int, default=4, help="elements shown per input")
-    parser.set_defaults(handler=lambda args: explain(args.op, args.elements))
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="one tiny case's forward and backward, every intermediate named as in the docs "
+        "(attention, layer_norm, softmax, cross_entropy)",
+    )
+    parser.add_argument(
+        "--graph",
+        type=Path,
+        metavar="FILE",
+        help="also draw the Function graph of the case's forward: a PNG, or dot text for .dot",
+    )
+    parser.set_defaults(
+        handler=lambda args: explain(args.op, args.elements, args.trace, args.graph)
+    )

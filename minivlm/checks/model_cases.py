@@ -1,39 +1,28 @@
 """The gradient of a tiny VLM's loss wrt every parameter tensor, against finite differences.
 
-Each parameter tensor is checked in float64 along random directions u,
-<dL/dW, u> ~ (L(W + eps u) - L(W - eps u)) / (2 eps), plus a few single elements so that
-a failure names one. The "gated" model's gates are set away from 0 first: at 0,
+Each parameter tensor W is checked in float64 along random directions u,
+<d loss/dW, u> ~ (loss(W + h u) - loss(W - h u)) / (2 h), plus a few single elements so
+that a failure names one. `model_functions_check` instead checks every Function the
+forward records, each on its own saved inputs, and names the first wrong backward. The "gated" model's gates are set away from 0 first: at 0,
 tanh(gate) = 0 cuts the cross-attention and MLP out of the loss, and their gradients
 would be checked only as zeros.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import warnings
 
 import numpy as np
 
 from .. import random
 from ..backend import to_device
-from ..gradcheck import GradcheckReport, gradcheck
+from ..autograd import Tensor
+from ..gradcheck import FunctionsReport, GradcheckReport, GradcheckWarning, gradcheck
 from ..models.config import tiny_config
 from ..models.vlm import VLM
 from ..nn import functional_call
 
 GATE_VALUE = 0.7
-
-
-@dataclass
-class ModelGradcheckReport(GradcheckReport):
-    """A GradcheckReport whose lines name the parameter of each input."""
-
-    names: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        return "\n".join(
-            f"{name}: {check.describe(self.atol, self.rtol)}"
-            for name, check in zip(self.names, self.inputs, strict=True)
-        )
 
 
 def tiny_model(
@@ -67,17 +56,8 @@ def tiny_batch(model: VLM, seed: int = 0, batch: int = 2):
     return images, tokens
 
 
-def model_gradcheck(
-    fusion: str = "cross",
-    seed: int = 0,
-    device: str = "cpu",
-    *,
-    norm: str = "post",
-    token_lags: int = 0,
-    directions: int = 3,
-    samples: int = 2,
-) -> ModelGradcheckReport:
-    """Check d(loss)/d(every parameter) of a tiny VLM; the loss is next-token cross-entropy."""
+def _loss_of_parameters(fusion, seed, device, norm, token_lags):
+    """(loss(*weights), the parameters, their names) of a tiny VLM on a tiny batch."""
     model = tiny_model(fusion, seed, norm, device, token_lags)
     images, tokens = (to_device(array, device) for array in tiny_batch(model, seed))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]  # (B, T - 1) each
@@ -88,13 +68,58 @@ def model_gradcheck(
         _, value = functional_call(model, parameters, images, inputs, targets)
         return value
 
-    report = gradcheck(
+    return loss, list(model.parameters()), names
+
+
+def model_gradcheck(
+    fusion: str = "cross",
+    seed: int = 0,
+    device: str = "cpu",
+    *,
+    norm: str = "post",
+    token_lags: int = 0,
+    directions: int = 3,
+    samples: int = 2,
+) -> GradcheckReport:
+    """Check d(loss)/d(every parameter) of a tiny VLM; the loss is next-token cross-entropy.
+    Each input of the report is named after its parameter."""
+    loss, parameters, names = _loss_of_parameters(fusion, seed, device, norm, token_lags)
+    with warnings.catch_warnings():
+        # the loss is a scalar by design; model_functions_check covers the Functions inside
+        warnings.simplefilter("ignore", GradcheckWarning)
+        return gradcheck(
+            loss,
+            parameters,
+            names=names,
+            full_limit=0,
+            directions=directions,
+            samples=samples,
+            seed=seed,
+            raise_on_failure=False,
+        )
+
+
+def model_functions_check(
+    fusion: str = "cross",
+    seed: int = 0,
+    device: str = "cpu",
+    *,
+    norm: str = "post",
+    token_lags: int = 0,
+    directions: int = 2,
+    samples: int = 4,
+) -> FunctionsReport:
+    """Check every Function one loss forward of a tiny VLM records, each on its own saved
+    inputs with its own random upstream gradient; names the first whose backward is wrong."""
+    loss, parameters, names = _loss_of_parameters(fusion, seed, device, norm, token_lags)
+    leaves = [Tensor(p.data.copy(), requires_grad=True) for p in parameters]
+    return gradcheck(
         loss,
-        list(model.parameters()),
-        full_limit=0,
+        leaves,
+        names=names,
         directions=directions,
         samples=samples,
         seed=seed,
+        per_function=True,
         raise_on_failure=False,
     )
-    return ModelGradcheckReport(report.inputs, report.atol, report.rtol, names)

@@ -90,14 +90,16 @@ class Attention(Function):
 class FusedAttention(Function):
     """The fused path: blocked online softmax; saves only O and the log-sum-exp L."""
 
-    def __init__(self, scale: float, causal: bool, key_lengths):
+    def __init__(self, scale: float, causal: bool, key_lengths, tiles: dict | None = None):
         self.scale, self.causal, self.key_lengths = scale, causal, key_lengths
+        self.tiles = tiles or {}  # block_q, block_k of the NumPy kernels (gradchecks use small)
 
     def forward(self, q, k, v):
         # kernels_cuda for CuPy arrays, the blocked NumPy kernels otherwise; same functions
         self.kernels = cuda_kernels if is_cupy(get_array_module(q)) else cpu_kernels
         out, lse = self.kernels.flash_attention_forward(
-            q, k, v, scale=self.scale, causal=self.causal, key_lengths=self.key_lengths
+            q, k, v, scale=self.scale, causal=self.causal, key_lengths=self.key_lengths,
+            **self.tiles,
         )
         self.save(q, k, v, out, lse)
         return out
@@ -106,7 +108,7 @@ class FusedAttention(Function):
         q, k, v, out, lse = self.saved
         return self.kernels.flash_attention_backward(
             q, k, v, out, lse, d_out,
-            scale=self.scale, causal=self.causal, key_lengths=self.key_lengths,
+            scale=self.scale, causal=self.causal, key_lengths=self.key_lengths, **self.tiles,
         )
 
 
