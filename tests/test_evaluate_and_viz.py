@@ -73,3 +73,13 @@ def test_demo_names_what_it_adds_to_the_tutorials_model():
     assert "lagged token embeddings" in line and "6 tokens" in line and "worked answers" in line
     plain = additions_to_the_tutorial(preset("demo", token_lags=0, worked_answers=False))
     assert plain == "the tutorial's model, plain answers"
+
+
+def test_demo_in_chinese_prints_chinese_captions(tmp_path, capsys):
+    from minivlm.cli.demo import run_demo
+
+    config = preset("tiny", language="zh", steps=3, out_dir=str(tmp_path), max_len=160)
+    run_demo(config, EvalConfig(captions=4, questions=4, qa_format=config.qa_format))
+    printed = capsys.readouterr().out
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in printed), "no Chinese characters printed"
+    assert (tmp_path / "metrics.json").is_file()
