@@ -43,6 +43,7 @@ def test_files_hold_parameter_names_and_the_config(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text()) == config.to_dict()
     assert sorted(os.listdir(tmp_path)) == [
         "config.json",
+        "manifest.json",
         "model.safetensors",
     ]  # no temporary files left
 
@@ -52,6 +53,7 @@ def test_weights_from_another_configuration_get_every_mismatch_listed(tmp_path):
     checkpoint.save_model(VLM(small), small, tmp_path)
     wider = small.replace(d_model=12, n_blocks=3, fusion="gated")
     (tmp_path / "config.json").write_text(json.dumps(wider.to_dict()))
+    checkpoint.write_manifest(tmp_path)  # a consistent folder, only of another model
     with pytest.raises(StateDictError) as err:
         checkpoint.load_model(tmp_path)
     message = str(err.value)

@@ -22,7 +22,9 @@ from ..train.loop import Trainer, train
 from ..viz import array_to_image, attention_grid, line_chart, sample_sheet
 
 
-def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict:
+def run_demo(
+    config: TrainConfig, eval_config: EvalConfig | None = None, overwrite: bool = False
+) -> dict:
     out = Path(config.out_dir)
     started, model = time.perf_counter(), config.model
     _say(
@@ -30,7 +32,7 @@ def run_demo(config: TrainConfig, eval_config: EvalConfig | None = None) -> dict
         f"{config.steps} steps of {config.batch_size} procedural scenes on {config.device}; "
         f"output in {out}/"
     )
-    trainer = train(config)
+    trainer = train(config, overwrite=overwrite)
     trained = time.perf_counter()
     _say(
         f"trained in {trained - started:.0f} s; evaluating on fresh scenes "
@@ -70,7 +72,8 @@ def additions_to_the_tutorial(config: TrainConfig) -> str:
     if not added:
         return "the tutorial's model, plain answers"
     return (
-        "added to the tutorial's model: " + "; ".join(added)
+        "added to the tutorial's model: "
+        + "; ".join(added)
         + " (--token-lags 0 --no-worked-answers gives the tutorial's own; the README compares)"
     )
 
@@ -140,7 +143,8 @@ def draw_pictures(trainer: Trainer, out: Path, seed: int, count: int = 8) -> lis
 
 def draw_loss_curves(log_path: Path, path: Path) -> Path:
     records = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.strip()]
-    series = {"train": ([r["step"] for r in records], [r["loss"] for r in records])}
+    trained = [r for r in records if r["loss"] is not None]  # not the skipped non-finite steps
+    series = {"train": ([r["step"] for r in trained], [r["loss"] for r in trained])}
     for split in ("iid", "heldout"):
         points = [(r["step"], r[f"{split}_loss"]) for r in records if f"{split}_loss" in r]
         if points:

@@ -1,22 +1,32 @@
-"""Using a trained checkpoint on files: caption, ask, evaluate (the CLI's back end)."""
+"""Using a trained checkpoint on files: caption, ask, evaluate (the CLI's back end).
+
+Every checkpoint is verified before use (see minivlm.checkpoint); an empty caption or
+answer, and metrics that are NaN, raise NoResult instead of being printed as results.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..checkpoint import atomic_write_bytes, load_model
+from ..checkpoint import CheckpointError, atomic_write_bytes, load_model, read_json
 from ..data import SceneConfig, Tokenizer, image_to_array
+from ..data.folder import MAX_IMAGE_PIXELS
 from ..evaluate import EvalConfig, evaluate, format_table
 from ..generate import SamplingConfig, answer_questions, caption_images
 from ..models import VLM
 from ..train.checkpoint import latest_checkpoint
 from ..train.config import TrainConfig
 from ..viz import attention_grid
+
+
+class NoResult(RuntimeError):
+    """The model gave nothing to show: an empty text or NaN metrics."""
 
 
 @dataclass
@@ -38,23 +48,34 @@ def load_checkpoint(path: Path, device: str = "cpu") -> Loaded:
             f"--checkpoint {path}: expected a run folder or a checkpoint folder holding {needed}; "
             f"{folder} lacks {missing}"
         )
+    model = load_model(folder, device)  # checks the manifest first
     # nested, or flat as runs saved before TrainConfig nested its sections wrote it
-    config = TrainConfig.from_dict(
-        json.loads((folder / "trainer.json").read_text())["train_config"]
-    )
-    return Loaded(
-        load_model(folder, device),
-        Tokenizer.load(folder / "tokenizer.json"),
-        config.data,
-        config.qa_format,
-    )
+    state_file = folder / "trainer.json"
+    try:
+        config = TrainConfig.from_dict(read_json(state_file)["train_config"])
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(state_file, f"no usable train_config ({error!r})") from None
+    try:
+        tokenizer = Tokenizer.load(folder / "tokenizer.json")
+    except (ValueError, KeyError, TypeError) as error:
+        raise CheckpointError(folder / "tokenizer.json", f"unreadable ({error!r})") from None
+    return Loaded(model, tokenizer, config.data, config.qa_format)
 
 
-def read_image(path: Path, image_size: int) -> np.ndarray:
+def read_image(path: Path, image_size: int, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """The image at `path` as the model's input; its size is checked from the header,
+    before decoding, against `max_pixels`."""
     try:
         with Image.open(path) as image:
+            if image.width * image.height > max_pixels:
+                raise ValueError(
+                    f"image {path}: {image.width}x{image.height} pixels, more than the "
+                    f"limit of {max_pixels}"
+                )
             return image_to_array(image, image_size)
-    except (FileNotFoundError, UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise ValueError(f"image {path}: cannot read it as an image ({err})") from err
 
 
@@ -82,6 +103,10 @@ def caption_file(
             attention_grid(
                 original.convert("RGB"), tokens, result.attention.mean(axis=(1, 2)), attention_png
             )
+    if not result.text.strip():
+        raise NoResult(
+            f"the model generated an empty caption for {image} (is {checkpoint} trained?)"
+        )
     return result.text
 
 
@@ -95,7 +120,9 @@ def answer_file(
 ) -> str:
     loaded = load_checkpoint(checkpoint, device)
     pixels = read_image(image, loaded.model.config.image_size)[None]
-    return answer_questions(
+    if not question.strip():
+        raise ValueError("question: expected a non-empty question, got an empty string")
+    answer = answer_questions(
         loaded.model,
         loaded.tokenizer,
         pixels,
@@ -104,11 +131,17 @@ def answer_file(
         sampling=sampling,
         seed=seed,
     )[0]
+    if not answer.strip():
+        raise NoResult(f"the model generated an empty answer (is {checkpoint} trained?)")
+    return answer
 
 
 def evaluate_checkpoint(
     checkpoint: Path, captions: int, questions: int, json_path: Path | None, device: str = "cpu"
 ) -> dict:
+    for name, count in (("captions", captions), ("questions", questions)):
+        if type(count) is not int or count < 1:
+            raise ValueError(f"--{name}: expected an int >= 1, got {count!r}")
     loaded = load_checkpoint(checkpoint, device)
     results = evaluate(
         loaded.model,
@@ -116,6 +149,9 @@ def evaluate_checkpoint(
         loaded.scenes,
         EvalConfig(captions, questions, device=device, qa_format=loaded.qa_format),
     )
+    broken = [name for name, value in results.items() if not math.isfinite(value)]
+    if broken:
+        raise NoResult(f"evaluating {checkpoint} gave NaN or inf for {broken}")
     print(format_table(results))
     if json_path is not None:
         atomic_write_bytes(Path(json_path), json.dumps(results, indent=1).encode())

@@ -1,17 +1,44 @@
-"""The `minivlm` command: one sub-command a job, each a thin layer over the Python API."""
+"""The `minivlm` command: one sub-command a job, each a thin layer over the Python API.
+
+Bad input (a flag, a config field, a file) ends in one line, `minivlm <command>: error:
+...`, and exit status 2; a run that cannot give a result (training diverged, an empty
+caption) in such a line and exit status 1. `--debug` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 
-def _gradcheck(args: argparse.Namespace) -> int:
-    from ..checks.table import run_model_table, run_op_table
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: `minivlm <command>: error: ...`."""
 
+    def error(self, message: str, prog: str | None = None):
+        prog = prog or self.prog
+        self.exit(2, f"{prog}: error: {message} (see {prog} --help)\n")
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but unknown arguments are blamed on the sub-command."""
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            command = getattr(namespace, "command", None)
+            prog = f"{self.prog} {command}" if command else self.prog
+            self.error(f"unrecognized arguments: {' '.join(extras)}", prog)
+        return namespace
+
+
+def _gradcheck(args: argparse.Namespace) -> int:
+    from ..checks.table import run_model_functions_table, run_model_table, run_op_table
+
+    if args.per_function and not args.model:
+        print("minivlm gradcheck: --per-function goes with --model (each op case is one Function)")
+        return 2
     if args.model:
-        return run_model_table(args.device, args.fusion, args.token_lags)
+        table = run_model_functions_table if args.per_function else run_model_table
+        return table(args.device, args.fusion, args.token_lags)
     return run_op_table(args.ops, args.device)
 
 
@@ -19,7 +46,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..train.config import config_from_arguments
     from .demo import run_demo
 
-    run_demo(config_from_arguments(args))
+    run_demo(config_from_arguments(args), overwrite=args.overwrite)
     return 0
 
 
@@ -28,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
     from ..train.loop import train
 
     config = config_from_arguments(args)
-    trainer = train(config, resume=args.resume)
+    trainer = train(config, resume=args.resume, overwrite=args.overwrite)
     print(f"trained to step {trainer.step}; checkpoints in {config.out_dir}/checkpoints")
     return 0
 
@@ -68,6 +95,35 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(kind: type, low: float, high: float = math.inf, open_low: bool = False):
+    """An argparse type: a finite `kind` in [low, high] ((low, high] with open_low)."""
+    brackets = "(" if open_low else "["
+    expected = f"{'an int' if kind is int else 'a number'} in {brackets}{low}, {high}]"
+    if high == math.inf:
+        expected = f"{'an int' if kind is int else 'a number'} {'>' if open_low else '>='} {low}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        too_low = value <= low if open_low else value < low
+        if not math.isfinite(value) or too_low or value > high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _add_debug_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, show the Python traceback",
+    )
+
+
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
@@ -75,52 +131,52 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="a run's folder (its latest checkpoint) or one checkpoint folder",
     )
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=int, default=0)
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--temperature", type=_number(float, 0), default=0.0, help="0 = greedy (default)"
+    )
+    parser.add_argument("--top-k", type=_number(int, 0), default=0, help="0 = off (default)")
+    parser.add_argument("--top-p", type=_number(float, 0, 1, open_low=True), default=1.0)
+    parser.add_argument("--seed", type=_number(int, 0, 2**32 - 1), default=0)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _add_debug_argument(parser)
 
 
 def _add_benchmarks(bench: argparse.ArgumentParser) -> None:
-    """The benchmarks live in the checkout's benchmarks/ folder, beside the package."""
-    checkout = Path(__file__).resolve().parents[2]
-    if not (checkout / "benchmarks" / "cli.py").is_file():
-        bench.set_defaults(handler=lambda args: _no_benchmarks(checkout))
-        return
-    if str(checkout) not in sys.path:
-        sys.path.insert(0, str(checkout))
-    from benchmarks.cli import add_subcommands
+    from ..bench import add_subcommands
 
     add_subcommands(bench.add_subparsers(dest="benchmark", required=True))
-
-
-def _no_benchmarks(checkout: Path) -> int:
-    print(
-        "minivlm bench: the benchmarks ship with a checkout of the repository, not with the "
-        f"wheel (no benchmarks/ beside {checkout / 'minivlm'}); clone the repository and "
-        "pip install -e it"
-    )
-    return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
     from ..train.config import add_config_arguments
 
-    parser = argparse.ArgumentParser(prog="minivlm", description=__doc__)
+    parser = Parser(prog="minivlm", description=__doc__)
+    parser.add_argument(
+        "--debug", action="store_true", help="on an error, show the Python traceback"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser(
         "demo", help="train, evaluate and draw the default model (about 10 min on 2 cores)"
     )
     add_config_arguments(demo)
+    demo.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out-dir"
+    )
+    _add_debug_argument(demo)
     demo.set_defaults(handler=_demo)
 
     train = commands.add_parser("train", help="train a model (preset, --config FILE, and flags)")
     add_config_arguments(train)
     train.add_argument(
-        "--resume", action="store_true", help="continue from the run's latest checkpoint"
+        "--resume",
+        action="store_true",
+        help="continue from the run's newest checkpoint that verifies",
     )
+    train.add_argument(
+        "--overwrite", action="store_true", help="replace the run already in --out-dir"
+    )
+    _add_debug_argument(train)
     train.set_defaults(handler=_train)
 
     caption = commands.add_parser("caption", help="caption an image")
@@ -145,17 +201,25 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluate a checkpoint on fresh iid and held-out scenes"
     )
     evaluation.add_argument("--checkpoint", required=True, type=Path)
-    evaluation.add_argument("--captions", type=int, default=256, help="scenes per split")
-    evaluation.add_argument("--questions", type=int, default=512, help="questions per split")
+    evaluation.add_argument(
+        "--captions", type=_number(int, 1), default=256, help="scenes per split"
+    )
+    evaluation.add_argument(
+        "--questions", type=_number(int, 1), default=512, help="questions per split"
+    )
     evaluation.add_argument("--json", type=Path, help="also write the metrics here")
     evaluation.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _add_debug_argument(evaluation)
     evaluation.set_defaults(handler=_eval)
 
     check = commands.add_parser(
         "gradcheck", help="check every op's backward against finite differences"
     )
     check.add_argument(
-        "ops", nargs="*", help="ops to check (default: all); a prefix selects a family"
+        "ops",
+        nargs="*",
+        help="cases to check (default: all); a prefix selects a family, a minivlm.F name "
+        "(scaled_dot_product_attention) every case that calls it",
     )
     check.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     check.add_argument(
@@ -170,13 +234,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="with --model: models that also embed each position's K previous tokens",
     )
+    check.add_argument(
+        "--per-function",
+        action="store_true",
+        help="with --model: check every Function the forward records on its own saved "
+        "inputs, and name the first whose backward is wrong",
+    )
     check.set_defaults(handler=_gradcheck)
 
     from ..checks.explain import add_explain_command
 
     add_explain_command(commands)
 
-    bench = commands.add_parser("bench", help="benchmarks: attention, ops, train (from a checkout)")
+    bench = commands.add_parser("bench", help="benchmarks: attention, ops, train")
     _add_benchmarks(bench)
     return parser
 
@@ -186,7 +256,29 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # training steps reuse their large temporaries (see memory.py)
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"minivlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        status = _exit_status(error)
+        if args.debug or status is None:
+            raise
+        message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"minivlm {args.command}: error: {message}", file=sys.stderr)
+        return status
+
+
+def _exit_status(error: Exception) -> int | None:
+    """2 for bad input, 1 for a run that gave no result, None for a bug (traceback)."""
+    from .files import NoResult
+
+    if isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError)):
+        return 2
+    if isinstance(error, (FloatingPointError, NoResult, OSError)):
+        return 1
+    return None
 
 
 if __name__ == "__main__":

@@ -5,6 +5,12 @@ Each line is {"image": "file.png", "text": "..."} or
 when the dataset is made (the JSON, the fields, that the image opens and decodes);
 a bad row raises FolderDataError naming the line and the file, or with
 skip_bad=True is left out and listed in `skipped`.
+
+The file and its images are untrusted: an image path must stay inside the root (no
+absolute paths, no "..", no symlink leading out; such a row is refused without saying
+whether the file exists), an image's width x height is checked from its header against
+`max_pixels` before it is decoded, and a line longer than `max_line_bytes` is refused
+without being read whole.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from minivlm.data.batching import Example, image_to_array
 from minivlm.data.tokenizer import KINDS, Tokenizer
 
 CAPTIONS_FILE = "captions.jsonl"
+MAX_IMAGE_PIXELS = 4096 * 4096  # decoded RGB: 48 MiB
+MAX_LINE_BYTES = 64 * 1024
 
 
 class FolderDataError(ValueError):
@@ -55,28 +63,42 @@ class FolderDataset:
         skip_bad: bool = False,
         tokenizer: Tokenizer | None = None,
         tokenizer_kind: str = "char",
+        max_pixels: int = MAX_IMAGE_PIXELS,
+        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
-            raise ValueError(
-                f"FolderDataset image_size: expected a positive int, got {image_size!r}"
-            )
+        for name, value in (
+            ("image_size", image_size),
+            ("max_pixels", max_pixels),
+            ("max_line_bytes", max_line_bytes),
+        ):
+            if type(value) is not int or value < 1:
+                raise ValueError(f"FolderDataset {name}: expected a positive int, got {value!r}")
         if tokenizer is None and tokenizer_kind not in KINDS:
             raise ValueError(
                 f"FolderDataset tokenizer_kind: expected one of {KINDS}, got {tokenizer_kind!r}"
             )
         self.root = Path(root)
         self.image_size = image_size
+        self.max_pixels = max_pixels
+        self.max_line_bytes = max_line_bytes
         self.captions_path = self.root / CAPTIONS_FILE
         if not self.captions_path.is_file():
             raise FileNotFoundError(f"FolderDataset: no {CAPTIONS_FILE} at {self.captions_path}")
         self.skipped: list[tuple[int, str]] = []
         self.rows: list[FolderRow] = []
-        with open(self.captions_path, encoding="utf-8-sig") as file:
-            for line_number, line in enumerate(file, start=1):
-                if not line.strip():
-                    continue
+        with open(self.captions_path, "rb") as file:
+            for line_number, line in enumerate(_lines(file, max_line_bytes), start=1):
                 try:
-                    self.rows.append(self._checked_row(line_number, line))
+                    if line is None:
+                        raise FolderDataError(
+                            self.captions_path,
+                            line_number,
+                            f"longer than the limit of {max_line_bytes} bytes",
+                        )
+                    if line_number == 1:
+                        line = line.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark
+                    if line.strip():
+                        self.rows.append(self._checked_row(line_number, line))
                 except FolderDataError as error:
                     if not skip_bad:
                         raise
@@ -95,7 +117,13 @@ class FolderDataset:
         return len(self.rows)
 
     def image(self, index: int) -> Image.Image:
-        with Image.open(self.root / self.rows[index].image) as image:
+        row = self.rows[index]
+        with Image.open(self.root / row.image) as image:
+            self._check_pixels(
+                image,
+                row.image,
+                lambda reason: FolderDataError(self.captions_path, row.line, reason),
+            )
             image.load()
             return image
 
@@ -118,14 +146,18 @@ class FolderDataset:
             source=row.image,
         )
 
-    def _checked_row(self, line_number: int, line: str) -> FolderRow:
+    def _checked_row(self, line_number: int, line: bytes) -> FolderRow:
         def bad(reason: str) -> FolderDataError:
             return FolderDataError(self.captions_path, line_number, reason)
 
         try:
-            entry = json.loads(line)
+            entry = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise bad(f"not UTF-8 text ({error.reason} at byte {error.start})") from None
         except json.JSONDecodeError as error:
             raise bad(f"not valid JSON ({error.msg})") from None
+        except RecursionError:
+            raise bad("not valid JSON (nested too deeply)") from None
         if not isinstance(entry, dict):
             raise bad(f"expected a JSON object, got {type(entry).__name__}")
         image = entry.get("image")
@@ -145,11 +177,46 @@ class FolderDataset:
         return FolderRow(line_number, image, question=entry["question"], answer=entry["answer"])
 
     def _check_image(self, image: str, bad: Callable[[str], FolderDataError]) -> None:
+        if "\x00" in image or Path(image).is_absolute() or ".." in Path(image).parts:
+            raise bad(f"image {image!r}: expected a path inside the dataset folder")
         path = self.root / image
+        try:
+            inside = path.resolve().is_relative_to(self.root.resolve())
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+        if not inside:  # a symlink leading out: not a word on what lies there
+            raise bad(f"image {image!r}: expected a path inside the dataset folder")
         if not path.is_file():
             raise bad(f"image {image!r} not found at {path}")
         try:
             with Image.open(path) as opened:
+                self._check_pixels(opened, image, bad)
                 opened.load()
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            if isinstance(error, FolderDataError):
+                raise
             raise bad(f"image {image!r} cannot be read ({error})") from None
+
+    def _check_pixels(
+        self, image: Image.Image, name: str, bad: Callable[[str], FolderDataError]
+    ) -> None:
+        """From the header alone, before decoding."""
+        if image.width * image.height > self.max_pixels:
+            raise bad(
+                f"image {name!r}: {image.width}x{image.height} pixels, more than the limit "
+                f"of {self.max_pixels} (max_pixels)"
+            )
+
+
+def _lines(file, limit: int):
+    """The file's lines (bytes, line end dropped), each read up to `limit` bytes: None for
+    a longer one, whose rest is skipped without being held in memory."""
+    while True:
+        line = file.readline(limit + 2)
+        if not line:
+            return
+        complete = line.endswith(b"\n") or len(line) < limit + 2
+        while not line.endswith(b"\n") and line:  # too long: skip to the line's end
+            line = file.readline(1 << 16)
+        content = line.rstrip(b"\r\n") if complete else None
+        yield content if content is not None and len(content) <= limit else None

@@ -2,7 +2,12 @@
 checkpoints (weights, optimizer, data stream and random state) and the augmentations."""
 
 from .augment import AttributeCorruption, GreyscaleCaptions
-from .checkpoint import latest_checkpoint, load_training_state, save_training_checkpoint
+from .checkpoint import (
+    NonFiniteError,
+    latest_checkpoint,
+    load_training_state,
+    save_training_checkpoint,
+)
 from .config import TrainConfig, add_config_arguments, config_from_arguments, preset
 from .loop import (
     Trainer,
@@ -13,10 +18,13 @@ from .loop import (
     target_weights,
     train,
 )
+from .run_folder import RunFolderError
 
 __all__ = [
     "AttributeCorruption",
     "GreyscaleCaptions",
+    "NonFiniteError",
+    "RunFolderError",
     "TrainConfig",
     "Trainer",
     "add_config_arguments",

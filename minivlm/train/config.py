@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +44,7 @@ FLAGS: tuple[str, ...] = tuple(
     token_lags
     steps batch_size lr warmup_steps min_lr_ratio weight_decay grad_clip
     seed device data_workers out_dir log_every eval_every eval_batches checkpoint_every progress
+    keep_checkpoints skip_nonfinite detect_anomaly
     """.split()
 )
 
@@ -84,6 +86,9 @@ class TrainConfig:
     eval_batches: int = 2
     checkpoint_every: int = 500
     progress: bool = True
+    keep_checkpoints: int = 3  # checkpoints kept, newest first (the one `latest` names always)
+    skip_nonfinite: int = 0  # steps with a NaN or inf loss or gradient skipped before stopping
+    detect_anomaly: bool = False  # check every op for NaN or inf, to name the one that made it
     extra: dict = field(default_factory=dict)  # free-form notes kept with the run
 
     def __post_init__(self) -> None:
@@ -91,6 +96,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, kind):
                 raise ValueError(f"TrainConfig.{name}: expected a {kind.__name__}, got {value!r}")
+        check_field_types("TrainConfig", TrainConfig, dataclasses.asdict(self))
         for name, (value, source) in _from_data(self.data).items():
             if getattr(self.model, name) != value:
                 raise ValueError(
@@ -116,7 +122,15 @@ class TrainConfig:
             ("steps", self.steps >= 1, "at least 1"),
             ("batch_size", self.batch_size >= 1, "at least 1"),
             ("lr", self.lr > 0, "positive"),
-            ("warmup_steps", 0 <= self.warmup_steps, "non-negative"),
+            ("warmup_steps", 0 <= self.warmup_steps < self.steps, "an int in [0, steps)"),
+            ("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "a number in [0, 1]"),
+            ("weight_decay", self.weight_decay >= 0, "non-negative"),
+            ("grad_clip", self.grad_clip > 0, "positive"),
+            ("seed", 0 <= self.seed < 2**32, "an int in [0, 2**32)"),
+            ("eval_batches", self.eval_batches >= 1, "at least 1"),
+            ("keep_checkpoints", self.keep_checkpoints >= 1, "at least 1"),
+            ("skip_nonfinite", self.skip_nonfinite >= 0, "an int >= 0"),
+            ("out_dir", self.out_dir.strip() != "", "a folder name"),
             ("data_workers", self.data_workers >= 0, "an int >= 0"),
             ("device", self.device in ("cpu", "cuda"), "'cpu' or 'cuda'"),
             ("log_every", self.log_every >= 1, "at least 1"),
@@ -141,14 +155,54 @@ class TrainConfig:
         """From a nested dict (as `to_dict` writes it), a flat one (as runs saved before
         the nesting wrote theirs) or a mix; the fields not given keep their defaults."""
         values = _nested(values)
-        data = SceneConfig(**values.pop("data"))
+        data = _section("data", values.pop("data"))
         derived = {name: value for name, (value, _) in _from_data(data).items()}
-        model = VLMConfig(**{**DEFAULT_MODEL, **derived, **values.pop("model")})
+        model = _section("model", {**DEFAULT_MODEL, **derived, **values.pop("model")})
         return cls(data, model, **values)
 
     def replace(self, **changes) -> TrainConfig:
         """A copy with `changes` (leaf names, or sections as dicts of fields) applied."""
         return TrainConfig.from_dict(_merged(self.to_dict(), changes))
+
+
+# What each simple annotation accepts; other annotations are left to the class itself.
+_SIMPLE_TYPES = {
+    "int": "an int",
+    "float": "a finite number",
+    "str": "a string",
+    "bool": "true or false",
+    "dict": "a JSON object",
+}
+
+
+def _fits(value, type_name: str) -> bool:
+    if type_name == "int":
+        return type(value) is int
+    if type_name == "float":
+        return type(value) in (int, float) and math.isfinite(value)
+    return type(value) is {"str": str, "bool": bool, "dict": dict}[type_name]
+
+
+def check_field_types(owner: str, kind: type, values: dict) -> None:
+    """ValueError naming the first of `values` (fields of dataclass `kind`) whose type
+    does not fit its annotation: ints are not bools or floats, floats are finite."""
+    for f in dataclasses.fields(kind):
+        if f.name in values and f.type in _SIMPLE_TYPES and not _fits(values[f.name], f.type):
+            raise ValueError(
+                f"{owner}.{f.name}: expected {_SIMPLE_TYPES[f.type]}, got {values[f.name]!r}"
+            )
+
+
+def _section(name: str, values: dict):
+    """SECTIONS[name] from `values`: its own checks first, then the types of its fields."""
+    kind = SECTIONS[name]
+    try:
+        section = kind(**values)
+    except TypeError as error:  # a comparison of a wrong type inside the class's checks
+        check_field_types(f"TrainConfig.{name}", kind, values)
+        raise ValueError(f"TrainConfig.{name}: {error}") from None
+    check_field_types(f"TrainConfig.{name}", kind, values)
+    return section
 
 
 def _from_data(data: SceneConfig) -> dict[str, tuple[int, str]]:

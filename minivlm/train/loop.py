@@ -4,19 +4,25 @@ periodic evaluation, a JSONL log, and checkpoints that resume exactly.
 Batch s is examples s*B .. (s+1)*B - 1 of an endless, seeded stream of scenes, so a
 resumed run sees the same batches as an uninterrupted one; dropout's generator,
 the optimizer's moments and the schedule's step travel in the checkpoint too.
+
+A step whose loss or gradient norm (the one clipping computes) is NaN or inf is not
+applied: training stops with NonFiniteError naming the step, the last good checkpoint
+stays `latest`; with skip_nonfinite N, up to N such steps are skipped instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import random
-from ..autograd import Tensor, no_grad
+from ..autograd import AnomalyError, Tensor, detect_anomaly, no_grad
 from ..data import (
     IGNORE_INDEX,
     Batch,
@@ -30,8 +36,14 @@ from ..data import (
 from ..data.stream import TrainingStream, stream_batches
 from ..models import VLM, VLMConfig
 from ..optim import AdamW, WarmupCosine, clip_grad_norm_
+from . import run_folder
 from .augment import AttributeCorruption, GreyscaleCaptions
-from .checkpoint import load_training_state, save_training_checkpoint
+from .checkpoint import (
+    NonFiniteError,
+    latest_checkpoint,
+    load_training_state,
+    save_training_checkpoint,
+)
 from .config import LOSS_WEIGHTINGS, TrainConfig
 
 
@@ -109,6 +121,7 @@ class Trainer:
     optimizer: AdamW
     schedule: WarmupCosine
     step: int = 0
+    skipped_steps: list[int] = field(default_factory=list)  # not applied: NaN or inf
 
     @classmethod
     def create(cls, config: TrainConfig) -> Trainer:
@@ -166,11 +179,22 @@ class Trainer:
             )
             part.backward()  # gradients add up across the groups
             loss += part.item()
-        clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        norm = clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise NonFiniteError(
+                f"step {self.step + 1}: the loss is {loss} and the gradient norm {norm}"
+            )
         self.optimizer.step()
         self.schedule.step()
         self.step += 1
         return loss
+
+    def skip_step(self) -> None:
+        """Move past a step whose update was not applied (its batch is consumed)."""
+        self.optimizer.zero_grad()
+        self.schedule.step()
+        self.step += 1
+        self.skipped_steps.append(self.step)
 
     def validation_losses(self) -> dict[str, float]:
         """Mean loss on fixed caption batches of fresh iid scenes and of held-out pairs."""
@@ -213,26 +237,49 @@ def parameter_groups(model: VLM, weight_decay: float) -> list[dict]:
     ]
 
 
-def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None) -> Trainer:
-    """Train to config.steps (or to `stop_at`, as if interrupted there); returns the trainer."""
+def train(
+    config: TrainConfig, resume: bool = False, stop_at: int | None = None, overwrite: bool = False
+) -> Trainer:
+    """Train to config.steps (or to `stop_at`, as if interrupted there); returns the trainer.
+
+    The run folder is locked for the run; a folder that holds a run already is refused
+    unless `resume` (continue from its newest good checkpoint) or `overwrite` (replace it).
+    """
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer.create(config)
-    if resume:
-        load_training_state(out, trainer)
+    with run_folder.RunLock(out) as lock:
+        run_folder.prepare(out, resume, overwrite, lock)
+        trainer = Trainer.create(config)
+        if resume:
+            load_training_state(out, trainer)
+        run_folder.truncate_log(out, trainer.step)
+        anomaly = detect_anomaly() if config.detect_anomaly else contextlib.nullcontext()
+        with anomaly:
+            _run(trainer, out, stop_at)
+    return trainer
+
+
+def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
+    config = trainer.config
     words = _attribute_words(config.data.language)
     corruption = AttributeCorruption(trainer.tokenizer, words, config.corrupt_attributes)
     greyscale = GreyscaleCaptions(
         trainer.tokenizer, words["colour"], config.greyscale_captions, config.seed
     )
     end = config.steps if stop_at is None else min(stop_at, config.steps)
-    log = open(out / "log.jsonl", "a" if resume else "w")
+    log = open(out / run_folder.LOG_FILE, "a")
     bar = _progress(config, trainer.step, end)
     batches = stream_batches(trainer.stream(), trainer.step, end, config.data_workers)
     started, samples = time.perf_counter(), 0
     try:
         for batch in batches:
-            loss = trainer.train_step(batch, corruption, greyscale)
+            try:
+                loss = trainer.train_step(batch, corruption, greyscale)
+            except (NonFiniteError, AnomalyError) as error:
+                if len(trainer.skipped_steps) >= config.skip_nonfinite:
+                    raise _stopped(trainer, out, error) from error
+                trainer.skip_step()
+                loss = None
             samples += config.batch_size
             rate = samples / (time.perf_counter() - started)
             record = {
@@ -241,22 +288,39 @@ def train(config: TrainConfig, resume: bool = False, stop_at: int | None = None)
                 "lr": trainer.schedule.get_lr()[0],
                 "samples_per_s": rate,
             }
+            if loss is None:
+                record["skipped"] = "non-finite loss or gradient"
             if trainer.step % config.eval_every == 0 or trainer.step == config.steps:
                 record.update(trainer.validation_losses())
-            if trainer.step % config.log_every == 0 or "iid_loss" in record:
+            if trainer.step % config.log_every == 0 or "iid_loss" in record or loss is None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
-                save_training_checkpoint(out, trainer)
+                save_training_checkpoint(out, trainer, config.keep_checkpoints)
             if bar is not None:
-                bar.set_postfix(loss=f"{loss:.3f}", samples_s=f"{rate:.0f}")
+                bar.set_postfix(
+                    loss=f"{loss:.3f}" if loss is not None else "skipped", samples_s=f"{rate:.0f}"
+                )
                 bar.update(1)
     finally:
         batches.close()  # stops the workers, if any
         log.close()
         if bar is not None:
             bar.close()
-    return trainer
+
+
+def _stopped(trainer: Trainer, out: Path, error: Exception) -> NonFiniteError:
+    """The error a run stops with: the step, the cause and the checkpoint left latest."""
+    try:
+        kept = f"{latest_checkpoint(out).name} stays the latest checkpoint"
+    except (FileNotFoundError, ValueError):
+        kept = "no checkpoint was written"
+    where = f"step {trainer.step + 1}: " if isinstance(error, AnomalyError) else ""
+    hints = "" if trainer.config.detect_anomaly else "; --detect-anomaly names the op"
+    return NonFiniteError(
+        f"{where}{error}; training stopped, {kept} (a lower --lr may help{hints}; "
+        f"--skip-nonfinite N skips up to N such steps)"
+    )
 
 
 def _attribute_words(language: str) -> dict[str, list[str]]:
