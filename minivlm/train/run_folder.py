@@ -100,7 +100,7 @@ def prepare(out_dir: Path, resume: bool, overwrite: bool, lock: RunLock) -> None
     if not overwrite:
         raise RunFolderError(
             f"--out-dir {out_dir} already holds a run ({', '.join(existing[:4])}); "
-            "pass --resume to continue it or --overwrite to replace it"
+            "pass --overwrite to replace it (or, with `minivlm train`, --resume to continue it)"
         )
     if checkpoint_root(out_dir).exists():
         remove_folder(checkpoint_root(out_dir))
