@@ -67,7 +67,7 @@ def test_a_new_run_in_a_folder_holding_a_run_is_refused_and_the_run_is_kept(fini
     out = tmp_path / "run"
     shutil.copytree(finished_run, out)
     before = snapshot(out)
-    with pytest.raises(RunFolderError, match="already holds a run.*--resume.*--overwrite"):
+    with pytest.raises(RunFolderError, match="already holds a run.*--overwrite.*--resume"):
         train(tiny(out, lr=5e-3))
     assert snapshot(out) == before, "the refused run changed the folder"
 
