@@ -76,8 +76,13 @@ def test_the_implementations_of_one_pool_are_timed_interleaved_and_pools_apart()
         name: maker.candidate(name, log, "torch" if name == "torch" else "numpy")
         for name, maker in makers.items()
     }
-    harness.check_then_time(candidates, REFERENCE, 1e-3, repeats=2, warmup=1, settle=0)
-    assert log == ["a", "b", "a", "b", "a", "b", "torch", "torch", "torch"]
+    rows = harness.check_then_time(
+        candidates, REFERENCE, 1e-3, repeats=2, warmup=1, settle=0, blocks=2
+    )
+    block = ["a", "b", "a", "b", "a", "b", "torch", "torch", "torch"]
+    assert log == block + block, "pools in alternating blocks, calls interleaved in a pool"
+    assert rows["a"]["time"]["repeats"] == 4, "the median is over every block's timings"
+
 
 
 def test_an_implementation_that_crashes_while_timed_is_an_error_and_the_rest_still_run():

@@ -195,8 +195,8 @@ def gemm_peak(device: str, dtype: str, size: int) -> dict:
 
         a, b = cupy.asarray(a), cupy.asarray(b)
     timer = harness.cupy_clock if device == "cuda" else harness.cpu_clock
-    summaries, _ = harness.time_interleaved({"gemm": (lambda i: a @ b, timer)}, 5, 1)
-    seconds = summaries["gemm"]["median"]
+    timings, _ = harness.time_interleaved({"gemm": (lambda i: a @ b, timer)}, 5, 1)
+    seconds = float(np.median(timings["gemm"]))
     return {"device": device, "size": size, "seconds": seconds, "tflops": 2e-12 * size**3 / seconds}
 
 
@@ -308,8 +308,8 @@ def format_attention_table(report: dict) -> str:
     lines = [
         harness.describe(report["machine"]),
         f"attention B={config['batch']} H={config['heads']} d={config['head_dim']} "
-        f"{config['dtype']}; ms: median [p10, p90] of {config['repeats']} interleaved rounds "
-        f"after {config['warmup']} warm-up",
+        f"{config['dtype']}; ms: median [p10, p90] of {config['repeats']} rounds per "
+        f"block (NumPy's and PyTorch's in 3 alternating blocks), after {config['warmup']} warm-up",
     ]
     lines += [f"GEMM peak {p['device']}: {p['tflops']:.3f} TFLOP/s ({p['size']}^3)"
               for p in report["gemm_peak"].values()]  # fmt: skip

@@ -6,8 +6,11 @@ only those that pass are timed. Timing interleaves them: round r runs each once,
 turn, on input set r mod S, so a machine that slows down for a while slows all alike;
 the first `warmup` rounds are not recorded, and a row reports the median (and p10, p90)
 of the rest. Implementations on different thread pools (NumPy's BLAS, PyTorch's OpenMP)
-are not interleaved: a pool's threads spin for a while after their last task and would
-take the cores from the other, so each pool is timed on its own after SETTLE_S of idle.
+are not interleaved call by call: a pool's threads spin for a while after their last
+task and would take the cores from the other. Each pool is timed in a block of its own
+after SETTLE_S of idle, and the blocks alternate: `blocks` rounds of (pool A's block,
+pool B's block, ...), the first `warmup` calls of each block unrecorded, the median
+taken over all blocks, so a drift of the machine's speed reaches both alike.
 
 Clocks: time.perf_counter on the CPU; on the GPU, CUDA events (CuPy's or torch.cuda's)
 recorded around the call, so the time is the GPU's.
@@ -106,7 +109,7 @@ def check(name: str, candidate: Candidate, reference: dict, tolerance: dict, flo
 
 
 def time_interleaved(calls: dict, repeats: int, warmup: int) -> tuple[dict, dict]:
-    """({name: summary}, {name: error}) of `calls` {name: (call, clock)} timed in
+    """({name: [seconds]}, {name: error}) of `calls` {name: (call, clock)} timed in
     `repeats` interleaved rounds after `warmup`; a call that raises leaves the rounds."""
     seconds, errors = {name: [] for name in calls}, {}
     for index in range(warmup + repeats):
@@ -116,9 +119,8 @@ def time_interleaved(calls: dict, repeats: int, warmup: int) -> tuple[dict, dict
                     seconds[name].append(clock(lambda call=call, i=index: call(i)))
             except Exception as err:
                 errors[name] = f"{type(err).__name__}: {err}"
-    summaries = {name: summarize(values[warmup:]) for name, values in seconds.items()
-                 if name not in errors}  # fmt: skip
-    return summaries, errors
+    timings = {name: values[warmup:] for name, values in seconds.items() if name not in errors}
+    return timings, errors
 
 
 def summarize(seconds: Sequence[float]) -> dict:
@@ -135,6 +137,7 @@ def check_then_time(
     warmup: int,
     floor: float = 1e-30,
     settle: float = SETTLE_S,
+    blocks: int = 3,
 ) -> dict[str, dict]:
     """{name: row}: every candidate checked; then, phase by phase and pool by pool, the
     ones that passed timed, interleaved; row[phase] the summary (None where not timed).
@@ -143,18 +146,22 @@ def check_then_time(
     if not isinstance(tolerance, dict):
         tolerance = dict.fromkeys(reference, tolerance)
     rows = {name: check(name, c, reference, tolerance, floor) for name, c in candidates.items()}
+    pools = list(dict.fromkeys(c.pool for c in candidates.values()))
     for phase in dict.fromkeys(phase for c in candidates.values() for phase in c.runs):
-        for pool in dict.fromkeys(c.pool for c in candidates.values()):
-            calls = {name: (c.runs[phase], c.clock) for name, c in candidates.items()
-                     if c.pool == pool and rows[name]["status"] == "ok"}  # fmt: skip
-            time.sleep(settle if calls else 0)
-            summaries, errors = time_interleaved(calls, repeats, warmup)
-            for name in calls:
-                rows[name][phase] = summaries.get(name)
-                if name in errors:
-                    rows[name].update(status="error", reason=errors[name])
-        for result in rows.values():
-            result.setdefault(phase, None)
+        seconds = {name: [] for name in candidates}
+        for _ in range(blocks if len(pools) > 1 else 1):
+            for pool in pools:
+                calls = {name: (c.runs[phase], c.clock) for name, c in candidates.items()
+                         if c.pool == pool and rows[name]["status"] == "ok"}  # fmt: skip
+                time.sleep(settle if calls else 0)
+                timings, errors = time_interleaved(calls, repeats, warmup)
+                for name in calls:
+                    seconds[name] += timings.get(name, [])
+                    if name in errors:
+                        rows[name].update(status="error", reason=errors[name])
+        for name, result in rows.items():
+            timed = seconds[name] and result["status"] == "ok"
+            result[phase] = summarize(seconds[name]) if timed else None
     return rows
 
 

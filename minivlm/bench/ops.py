@@ -217,7 +217,8 @@ def format_ops_table(report: dict) -> str:
     return "\n".join([
         harness.describe(report["machine"]),
         f"ops {config['dtype']}; microseconds: median [p10, p90] of {config['repeats']} "
-        f"interleaved rounds after {config['warmup']} warm-up", "",
+        f"rounds per block (thread pools in 3 alternating blocks), after "
+        f"{config['warmup']} warm-up", "",
         harness.results_table(report["results"], ("op size way", label), columns), "",
         "times of the engine over plain NumPy (its overhead) and over PyTorch",
         harness.ratios_table(report["ratios"], CASE, TIMED),

@@ -216,7 +216,8 @@ def format_train_table(report: dict) -> str:
     lines = [
         harness.describe(report["machine"]),
         f"training step (forward, loss, backward, AdamW); ms: median [p10, p90] of "
-        f"{config['repeats']} interleaved steps after {config['warmup']} warm-up",
+        f"{config['repeats']} steps per block (NumPy's and PyTorch's in 3 alternating blocks), "
+        f"after {config['warmup']} warm-up",
     ]
     for m in report["models"]:
         c = m["config"]
