@@ -345,3 +345,18 @@ def test_backward_rejects_saved_arrays_of_the_wrong_shape():
     out, lse = flash_attention_forward(q, k, v, scale=1.0, causal=False)
     with pytest.raises(ValueError, match=r"lse must be a float64 array of shape \(2, 1, 3\)"):
         flash_attention_backward(q, k, v, out, lse[..., :2], d_out, scale=1.0, causal=False)
+
+
+def test_auto_takes_the_fused_path_on_the_cpu_from_64_by_64_scores():
+    from minivlm import F, tensor
+    from minivlm.functional.attention import AUTO_FUSED_MIN_SCORES, Attention, FusedAttention
+
+    assert AUTO_FUSED_MIN_SCORES["cpu"] == 64 * 64
+    rng = np.random.default_rng(0)
+    for length, kind in ((63, Attention), (64, FusedAttention)):
+        q, k, v = (tensor(rng.standard_normal((1, 2, length, 8)), requires_grad=True) for _ in "qkv")
+        out = F.scaled_dot_product_attention(q, k, v, impl="auto")
+        assert type(out.creator) is kind, f"{length} x {length}: expected {kind.__name__}"
+    q = tensor(rng.standard_normal((1, 2, 64, 8)), requires_grad=True)
+    weights = F.scaled_dot_product_attention(q, q, q, return_weights=True)[1]
+    assert type(weights.creator) is Attention, "weights asked for: the naive path"
