@@ -24,7 +24,9 @@ class GELUTanh(Function):
         return 0.5 * x * (1 + t)
 
     def backward(self, dy):
-        raise NotImplementedError("gelu: the product rule on x * (1 + tanh u) / 2, and the chain rule through u")
+        raise NotImplementedError(
+            "gelu: the product rule on x * (1 + tanh u) / 2, and the chain rule through u"
+        )
 
 
 def op(x):

@@ -23,7 +23,10 @@ class RMSNorm(Function):
         return xhat * w
 
     def backward(self, dy):
-        raise NotImplementedError("rmsnorm: like layer_norm's, without the term through the mean (docs/backprop/layer_norm.md)")
+        raise NotImplementedError(
+            "rmsnorm: like layer_norm's, without the term through the mean "
+            "(docs/backprop/layer_norm.md)"
+        )
 
 
 def op(x, w):

@@ -29,7 +29,9 @@ class Rotary(Function):
         return y
 
     def backward(self, dy):
-        raise NotImplementedError("rotary: the forward is a rotation per pair; what undoes a rotation?")
+        raise NotImplementedError(
+            "rotary: the forward is a rotation per pair; what undoes a rotation?"
+        )
 
 
 def op(x):

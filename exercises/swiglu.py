@@ -19,7 +19,10 @@ class SwiGLU(Function):
         return a * sig * b
 
     def backward(self, dy):
-        raise NotImplementedError("swiglu: one gradient per input: da through silu(a) = a * sigmoid(a), db = dy * silu(a)")
+        raise NotImplementedError(
+            "swiglu: one gradient per input: da through silu(a) = a * sigmoid(a), "
+            "db = dy * silu(a)"
+        )
 
 
 def op(a, b):

@@ -20,7 +20,10 @@ class TanhGate(Function):
         return x + t * h
 
     def backward(self, dy):
-        raise NotImplementedError("tanh_gate: three gradients: x, h, and the scalar gate, summed over every element it scales")
+        raise NotImplementedError(
+            "tanh_gate: three gradients: x, h, and the scalar gate, summed over every "
+            "element it scales"
+        )
 
 
 def op(x, h, gate):

@@ -7,7 +7,7 @@ from PIL import Image
 
 from minivlm.cli.demo import draw_pictures
 from minivlm.evaluate import EvalConfig, evaluate, format_table
-from minivlm.train import preset, scene_config, train
+from minivlm.train import preset, train
 from minivlm.viz import attention_grid, line_chart, sample_sheet
 
 
@@ -16,7 +16,7 @@ def test_evaluate_reports_every_metric_for_both_splits_and_draws(tmp_path):
     results = evaluate(
         trainer.model,
         trainer.tokenizer,
-        scene_config(trainer.config),
+        trainer.config.data,
         EvalConfig(captions=8, questions=16, batch_size=8),
     )
     for split in ("iid", "heldout"):

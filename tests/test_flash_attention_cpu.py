@@ -354,7 +354,8 @@ def test_auto_takes_the_fused_path_on_the_cpu_from_64_by_64_scores():
     assert AUTO_FUSED_MIN_SCORES["cpu"] == 64 * 64
     rng = np.random.default_rng(0)
     for length, kind in ((63, Attention), (64, FusedAttention)):
-        q, k, v = (tensor(rng.standard_normal((1, 2, length, 8)), requires_grad=True) for _ in "qkv")
+        shape = (1, 2, length, 8)
+        q, k, v = (tensor(rng.standard_normal(shape), requires_grad=True) for _ in "qkv")
         out = F.scaled_dot_product_attention(q, k, v, impl="auto")
         assert type(out.creator) is kind, f"{length} x {length}: expected {kind.__name__}"
     q = tensor(rng.standard_normal((1, 2, 64, 8)), requires_grad=True)

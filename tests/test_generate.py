@@ -8,7 +8,7 @@ import pytest
 from minivlm.autograd import Tensor, no_grad
 from minivlm.data import SceneDataset
 from minivlm.generate import SamplingConfig, caption_images, caption_prompt, generate, next_tokens
-from minivlm.train import Trainer, preset, scene_config
+from minivlm.train import Trainer, preset
 
 
 @pytest.fixture(
@@ -25,7 +25,7 @@ def trained(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(fusion)
     config = preset("tiny", out_dir=str(out), steps=6, fusion=fusion, token_lags=lags, lr=3e-3)
     trainer = train(config)
-    data = SceneDataset(scene_config(trainer.config), "iid", 3, 5, tokenizer=trainer.tokenizer)
+    data = SceneDataset(trainer.config.data, "iid", 3, 5, tokenizer=trainer.tokenizer)
     return trainer, np.stack([data[i].image for i in range(3)])
 
 

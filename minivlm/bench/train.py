@@ -40,12 +40,10 @@ def model_case(name: str):
     if name == "reference":
         return VLMConfig.reference(d_model=128), 16, 32
     if name == "demo":
-        from ..data import default_tokenizer
-        from ..train import model_config, preset, scene_config
+        from ..train import preset
 
-        config = preset("demo")
-        vocab = default_tokenizer(scene_config(config)).vocab_size
-        return model_config(config, vocab), config.batch_size, 24
+        config = preset("demo")  # its model config has the tokenizer's vocab_size
+        return config.model, config.batch_size, 24
     config = VLMConfig(
         image_size=16,
         patch_size=8,

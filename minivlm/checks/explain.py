@@ -232,7 +232,7 @@ def function_class(name: str) -> type[Function]:
     pending = list(Function.__subclasses__())
     while pending:
         cls = pending.pop()
-        if cls.__name__ == name and cls.__module__.startswith(f"minivlm.functional."):
+        if cls.__name__ == name and cls.__module__.startswith("minivlm.functional."):
             return cls
         pending.extend(cls.__subclasses__())
     raise LookupError(f"no Function named {name!r} in minivlm.functional")

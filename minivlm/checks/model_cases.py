@@ -3,9 +3,10 @@
 Each parameter tensor W is checked in float64 along random directions u,
 <d loss/dW, u> ~ (loss(W + h u) - loss(W - h u)) / (2 h), plus a few single elements so
 that a failure names one. `model_functions_check` instead checks every Function the
-forward records, each on its own saved inputs, and names the first wrong backward. The "gated" model's gates are set away from 0 first: at 0,
-tanh(gate) = 0 cuts the cross-attention and MLP out of the loss, and their gradients
-would be checked only as zeros.
+forward records, each on its own saved inputs, and names the first wrong backward. The
+"gated" model's gates are set away from 0 first: at 0, tanh(gate) = 0 cuts the
+cross-attention and MLP out of the loss, and their gradients would be checked only as
+zeros.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import warnings
 import numpy as np
 
 from .. import random
-from ..backend import to_device
 from ..autograd import Tensor
+from ..backend import to_device
 from ..gradcheck import FunctionsReport, GradcheckReport, GradcheckWarning, gradcheck
 from ..models.config import tiny_config
 from ..models.vlm import VLM

@@ -72,8 +72,9 @@ def _compare(names, by_hand, engine, numeric) -> bool:
         for element in np.ndindex(hand.shape):
             error = max(abs(hand[element] - num[element]), abs(eng[element] - num[element]))
             worst = max(worst, error)
-            rows.append((name, str(tuple(int(i) for i in element)), f"{hand[element]:.10f}",
-                         f"{eng[element]:.10f}", f"{num[element]:.10f}", f"{error:.1e}"))  # fmt: skip
+            index = str(tuple(int(i) for i in element))
+            values = (hand[element], eng[element], num[element])
+            rows.append((name, index, *(f"{v:.10f}" for v in values), f"{error:.1e}"))
     header = ("input", "element", "by hand", "engine", "numeric", "max |error|")
     print("\n".join("  " + line for line in format_table(header, rows)))
     agree = worst < 1e-6
@@ -84,7 +85,7 @@ def _compare(names, by_hand, engine, numeric) -> bool:
 def trace_attention() -> bool:
     rng = np.random.default_rng(0)
     lq, lk, d, block_q, block_k = 2, 4, 2, 1, 2
-    q, k, v = rng.standard_normal((lq, d)), rng.standard_normal((lk, d)), rng.standard_normal((lk, d))
+    q, k, v = rng.standard_normal((lq, d)), *rng.standard_normal((2, lk, d))
     d_out = rng.standard_normal((lq, d))
     s = 1 / np.sqrt(d)
     print(f"tiny case: one (batch, head), Lq = {lq} queries, Lk = {lk} keys, d = {d}, "
@@ -133,7 +134,8 @@ def trace_attention() -> bool:
         _show("acc", acc, "acc = e^(m - m') acc + e^(S_C - m') V_C")
         m = new_m
     blocked_out, lse = acc / l_sum[:, None], m + np.log(l_sum)
-    _show("O", blocked_out, f"O = acc / l; max |O - naive O| = {np.abs(blocked_out - out).max():.1e}")
+    gap = np.abs(blocked_out - out).max()
+    _show("O", blocked_out, f"O = acc / l; max |O - naive O| = {gap:.1e}")
     _show("lse", lse, "lse = m + log l = log sum_j e^(S_j), one number per row")
 
     _section("blocked backward: P rebuilt from lse, D from O")
@@ -168,8 +170,9 @@ def trace_attention() -> bool:
     engine_naive = _engine(naive, [q, k, v], d_out)
     engine_fused = _engine(fused, [q, k, v], d_out)
     by_hand = [d_q, d_k, d_v]
-    gap = max(np.abs(a - b).max() for a, b in zip(engine_naive + engine_fused,
-                                                   by_hand + [dq_blocked, dk_blocked, dv_blocked]))
+    blocked = [dq_blocked, dk_blocked, dv_blocked]
+    pairs = zip(engine_naive + engine_fused, by_hand + blocked, strict=True)
+    gap = max(np.abs(a - b).max() for a, b in pairs)
     print(f"\nthe engine: Attention (naive) and FusedAttention (block_q = {block_q}, block_k = "
           f"{block_k}) give the same gradients; largest difference from by hand {gap:.1e}")
 
@@ -275,7 +278,8 @@ def trace_cross_entropy() -> bool:
     z_target = logits[np.arange(3), safe]
     _show("z_t", z_target, "z_i[t_i] (row 1 is ignored)")
     rows = counted * ((1 - alpha) * (lse - z_target) + alpha * (lse - logits.mean(-1)))
-    _show("loss_i", rows, "(1 - alpha)(lse_i - z_i[t_i]) + alpha (lse_i - mean_j z_ij); 0 if ignored")
+    formula = "(1 - alpha)(lse_i - z_i[t_i]) + alpha (lse_i - mean_j z_ij); 0 if ignored"
+    _show("loss_i", rows, formula)
     loss = rows.sum() / counted.sum()
     _show("loss", loss, f"mean over the {counted.sum()} counted rows")
 

@@ -26,7 +26,6 @@ from ..autograd import AnomalyError, Tensor, detect_anomaly, no_grad
 from ..data import (
     IGNORE_INDEX,
     Batch,
-    SceneConfig,
     SceneDataset,
     Tokenizer,
     collate,
@@ -34,7 +33,7 @@ from ..data import (
     get_language,
 )
 from ..data.stream import TrainingStream, stream_batches
-from ..models import VLM, VLMConfig
+from ..models import VLM
 from ..optim import AdamW, WarmupCosine, clip_grad_norm_
 from . import run_folder
 from .augment import AttributeCorruption, GreyscaleCaptions
@@ -45,16 +44,6 @@ from .checkpoint import (
     save_training_checkpoint,
 )
 from .config import LOSS_WEIGHTINGS, TrainConfig
-
-
-# Kept for callers written before TrainConfig nested its sections (benchmarks/train.py);
-# new code reads config.data and config.model.
-def scene_config(config: TrainConfig) -> SceneConfig:
-    return config.data
-
-
-def model_config(config: TrainConfig, vocab_size: int) -> VLMConfig:
-    return config.model.replace(vocab_size=vocab_size)
 
 
 def sequence_loss(
