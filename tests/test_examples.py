@@ -52,6 +52,7 @@ RUNS = {
     ),
     "cpu_vs_gpu_attention.py": (["--quick"], ["numpy-naive", "numpy-fused", "kept for backward"]),
     "function_graph.py": ([], ["wrote ", "function_graph.png", "bottom-up for the backward"]),
+    "make_image_folder.py": (["--images", "4"], ["wrote 4 images and ", "captions.jsonl"]),
 }
 
 

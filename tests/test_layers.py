@@ -32,6 +32,7 @@ LAYERS = {
     "metrics": 5,
     "viz": 5,
     "evaluate": 6,
+    "evaluate_folder": 6,
     "train": 7,
     "checks": 8,
     "bench": 9,

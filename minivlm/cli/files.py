@@ -15,9 +15,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..checkpoint import CheckpointError, atomic_write_bytes, load_model, read_json
-from ..data import SceneConfig, Tokenizer, image_to_array
+from ..data import FolderDataset, SceneConfig, Tokenizer, image_to_array
 from ..data.folder import MAX_IMAGE_PIXELS
 from ..evaluate import EvalConfig, evaluate, format_table
+from ..evaluate_folder import evaluate_folder
 from ..generate import SamplingConfig, answer_questions, caption_images
 from ..models import VLM
 from ..train.checkpoint import latest_checkpoint
@@ -153,6 +154,23 @@ def evaluate_checkpoint(
     if broken:
         raise NoResult(f"evaluating {checkpoint} gave NaN or inf for {broken}")
     print(format_table(results))
+    if json_path is not None:
+        atomic_write_bytes(Path(json_path), json.dumps(results, indent=1).encode())
+    return results
+
+
+def evaluate_checkpoint_on_folder(
+    checkpoint: Path, data: Path, json_path: Path | None, device: str = "cpu"
+) -> dict:
+    """evaluate_folder on every row of the folder `data`, with the checkpoint's vocabulary."""
+    loaded = load_checkpoint(checkpoint, device)
+    dataset = FolderDataset(data, loaded.model.config.image_size, tokenizer=loaded.tokenizer)
+    results = evaluate_folder(loaded.model, loaded.tokenizer, dataset, device=device)
+    broken = [name for name, value in results.items() if not math.isfinite(value)]
+    if broken:
+        raise NoResult(f"evaluating {checkpoint} on {data} gave NaN or inf for {broken}")
+    for name, value in results.items():
+        print(f"{name:32s}{value:12.3f}" if isinstance(value, float) else f"{name:32s}{value:12d}")
     if json_path is not None:
         atomic_write_bytes(Path(json_path), json.dumps(results, indent=1).encode())
     return results

@@ -46,6 +46,11 @@ def _demo(args: argparse.Namespace) -> int:
     from ..train.config import config_from_arguments
     from .demo import run_demo
 
+    if args.data_dir:
+        raise ValueError(
+            f"--data {args.data_dir}: the demo trains and evaluates on the procedural "
+            "scenes; train on a folder with `minivlm train --data DIR`"
+        )
     run_demo(config_from_arguments(args), overwrite=args.overwrite)
     return 0
 
@@ -89,9 +94,12 @@ def _ask(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .files import evaluate_checkpoint
+    from .files import evaluate_checkpoint, evaluate_checkpoint_on_folder
 
-    evaluate_checkpoint(args.checkpoint, args.captions, args.questions, args.json, args.device)
+    if args.data is not None:
+        evaluate_checkpoint_on_folder(args.checkpoint, args.data, args.json, args.device)
+    else:
+        evaluate_checkpoint(args.checkpoint, args.captions, args.questions, args.json, args.device)
     return 0
 
 
@@ -198,9 +206,15 @@ def build_parser() -> argparse.ArgumentParser:
     ask.set_defaults(handler=_ask)
 
     evaluation = commands.add_parser(
-        "eval", help="evaluate a checkpoint on fresh iid and held-out scenes"
+        "eval", help="evaluate a checkpoint on fresh iid and held-out scenes, or on a folder"
     )
     evaluation.add_argument("--checkpoint", required=True, type=Path)
+    evaluation.add_argument(
+        "--data",
+        type=Path,
+        help="a folder with captions.jsonl (as train --data reads): loss, perplexity, "
+        "exact match and image information gain on its rows instead of the scenes",
+    )
     evaluation.add_argument(
         "--captions", type=_number(int, 1), default=256, help="scenes per split"
     )

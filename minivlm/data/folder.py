@@ -2,9 +2,11 @@
 
 Each line is {"image": "file.png", "text": "..."} or
 {"image": "file.png", "question": "...", "answer": "..."}. Every row is checked
-when the dataset is made (the JSON, the fields, that the image opens and decodes);
-a bad row raises FolderDataError naming the line and the file, or with
-skip_bad=True is left out and listed in `skipped`.
+when the dataset is made (the JSON, the fields, that the image's header reads and its
+file's structure verifies, without decoding its pixels); a bad row raises
+FolderDataError naming the line and the file, or with skip_bad=True is left out and
+listed in `skipped`. Pixels are decoded when an example is first asked for, and the
+`cache_images` most recently used images are kept, resized, in memory.
 
 The file and its images are untrusted: an image path must stay inside the root (no
 absolute paths, no "..", no symlink leading out; such a row is refused without saying
@@ -17,10 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from minivlm.data.batching import Example, image_to_array
@@ -29,6 +33,7 @@ from minivlm.data.tokenizer import KINDS, Tokenizer
 CAPTIONS_FILE = "captions.jsonl"
 MAX_IMAGE_PIXELS = 4096 * 4096  # decoded RGB: 48 MiB
 MAX_LINE_BYTES = 64 * 1024
+CACHE_IMAGES = 1024  # resized images kept in memory: 48 KiB each at 64 x 64
 
 
 class FolderDataError(ValueError):
@@ -65,11 +70,13 @@ class FolderDataset:
         tokenizer_kind: str = "char",
         max_pixels: int = MAX_IMAGE_PIXELS,
         max_line_bytes: int = MAX_LINE_BYTES,
+        cache_images: int = CACHE_IMAGES,
     ) -> None:
         for name, value in (
             ("image_size", image_size),
             ("max_pixels", max_pixels),
             ("max_line_bytes", max_line_bytes),
+            ("cache_images", cache_images),
         ):
             if type(value) is not int or value < 1:
                 raise ValueError(f"FolderDataset {name}: expected a positive int, got {value!r}")
@@ -81,6 +88,8 @@ class FolderDataset:
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.max_line_bytes = max_line_bytes
+        self.cache_images = cache_images
+        self._arrays: OrderedDict[str, np.ndarray] = OrderedDict()  # image -> (3, S, S)
         self.captions_path = self.root / CAPTIONS_FILE
         if not self.captions_path.is_file():
             raise FileNotFoundError(f"FolderDataset: no {CAPTIONS_FILE} at {self.captions_path}")
@@ -117,19 +126,36 @@ class FolderDataset:
         return len(self.rows)
 
     def image(self, index: int) -> Image.Image:
+        """Row `index`'s image, decoded; a file that fails to decode raises FolderDataError."""
         row = self.rows[index]
-        with Image.open(self.root / row.image) as image:
-            self._check_pixels(
-                image,
-                row.image,
-                lambda reason: FolderDataError(self.captions_path, row.line, reason),
-            )
-            image.load()
-            return image
+
+        def bad(reason: str) -> FolderDataError:
+            return FolderDataError(self.captions_path, row.line, reason)
+
+        try:
+            with Image.open(self.root / row.image) as image:
+                self._check_pixels(image, row.image, bad)
+                image.load()
+                return image
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            if isinstance(error, FolderDataError):
+                raise
+            raise bad(f"image {row.image!r} cannot be decoded ({error})") from None
+
+    def image_array(self, index: int) -> np.ndarray:
+        """Row `index`'s image as the model's input (3, S, S), from the cache if it is there."""
+        name = self.rows[index].image
+        array = self._arrays.pop(name, None)
+        if array is None:
+            array = image_to_array(self.image(index), self.image_size)
+            if len(self._arrays) >= self.cache_images:
+                self._arrays.popitem(last=False)  # the least recently used
+        self._arrays[name] = array
+        return array
 
     def __getitem__(self, index: int) -> Example:
         row = self.rows[index]
-        array = image_to_array(self.image(index), self.image_size)
+        array = self.image_array(index)
         if row.caption is not None:
             ids, loss_start = self.tokenizer.caption_sequence(row.caption)
             return Example(
@@ -191,7 +217,7 @@ class FolderDataset:
         try:
             with Image.open(path) as opened:
                 self._check_pixels(opened, image, bad)
-                opened.load()
+                opened.verify()  # the file's structure (PNG: every chunk's CRC), no pixels
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
             if isinstance(error, FolderDataError):
                 raise
@@ -215,8 +241,9 @@ def _lines(file, limit: int):
         line = file.readline(limit + 2)
         if not line:
             return
-        complete = line.endswith(b"\n") or len(line) < limit + 2
-        while not line.endswith(b"\n") and line:  # too long: skip to the line's end
-            line = file.readline(1 << 16)
+        complete = line.endswith(b"\n") or len(line) < limit + 2  # the last line may lack \n
+        rest = line
+        while not complete and rest and not rest.endswith(b"\n"):  # too long: skip to its end
+            rest = file.readline(1 << 16)
         content = line.rstrip(b"\r\n") if complete else None
         yield content if content is not None and len(content) <= limit else None

@@ -1,6 +1,10 @@
 """TrainConfig: a training run as one dataclass: the scenes (`data`, a SceneConfig), the
 model (`model`, a VLMConfig) and the knobs only training has; presets; file + flags.
 
+With `data_dir` the run trains on a folder of your own images (minivlm.data.FolderDataset)
+instead of the scenes: the vocabulary is the folder's (its tokenizer is built from the
+rows' texts and saved with every checkpoint), and of `data` only image_size is used.
+
 A run is described by a preset, then a JSON file, then command-line flags, each
 overriding the one before, field by field: `minivlm train --preset demo --config my.json
 --steps 500`. Flags and `preset(...)` overrides name leaf fields (`--d-model 64`,
@@ -44,9 +48,12 @@ FLAGS: tuple[str, ...] = tuple(
     token_lags
     steps batch_size lr warmup_steps min_lr_ratio weight_decay grad_clip
     seed device data_workers out_dir log_every eval_every eval_batches checkpoint_every progress
-    keep_checkpoints skip_nonfinite detect_anomaly
+    keep_checkpoints skip_nonfinite detect_anomaly rank_timeout
+    data_dir val_data_dir val_fraction
     """.split()
 )
+# Flags named otherwise than their field.
+FLAG_NAMES: dict[str, str] = {"data_dir": "--data", "val_data_dir": "--val-data"}
 
 
 @dataclass
@@ -89,6 +96,13 @@ class TrainConfig:
     keep_checkpoints: int = 3  # checkpoints kept, newest first (the one `latest` names always)
     skip_nonfinite: int = 0  # steps with a NaN or inf loss or gradient skipped before stopping
     detect_anomaly: bool = False  # check every op for NaN or inf, to name the one that made it
+    # with several processes (mpiexec -n P): seconds a rank waits for the others to join a
+    # step's allreduce before it stops the run (see minivlm.train.distributed)
+    rank_timeout: float = 300.0
+    # your own images instead of the scenes (see minivlm.train.folder_data)
+    data_dir: str = ""  # a folder holding captions.jsonl; "" trains on the scenes
+    val_data_dir: str = ""  # validation rows from this folder; "" holds out val_fraction
+    val_fraction: float = 0.1  # with data_dir and no val_data_dir: rows held out, by seed
     extra: dict = field(default_factory=dict)  # free-form notes kept with the run
 
     def __post_init__(self) -> None:
@@ -97,7 +111,7 @@ class TrainConfig:
             if not isinstance(value, kind):
                 raise ValueError(f"TrainConfig.{name}: expected a {kind.__name__}, got {value!r}")
         check_field_types("TrainConfig", TrainConfig, dataclasses.asdict(self))
-        for name, (value, source) in _from_data(self.data).items():
+        for name, (value, source) in _from_data(self.data, self.data_dir, self.model).items():
             if getattr(self.model, name) != value:
                 raise ValueError(
                     f"TrainConfig.model.{name}: expected {value!r} ({source}), "
@@ -136,7 +150,18 @@ class TrainConfig:
             ("log_every", self.log_every >= 1, "at least 1"),
             ("eval_every", self.eval_every >= 1, "at least 1"),
             ("checkpoint_every", self.checkpoint_every >= 1, "at least 1"),
+            ("rank_timeout", self.rank_timeout > 0, "a positive number of seconds"),
+            ("val_fraction", 0.0 <= self.val_fraction < 1.0, "a number in [0, 1)"),
+            ("val_data_dir", not self.val_data_dir or self.data_dir, "'' without data_dir"),
         ]
+        if self.data_dir:  # the scenes' own augmentations and question formats
+            checks += [
+                (name, getattr(self, name) == 0.0, "0 with data_dir (it edits scene captions)")
+                for name in ("corrupt_attributes", "greyscale_captions")
+            ]
+            checks.append(
+                ("qa_format", self.qa_format == "direct", "'direct' with data_dir")
+            )
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(
@@ -147,7 +172,10 @@ class TrainConfig:
         """Nested, {"data": {...}, "model": {...}, "task": ..., ...}, without the model's
         FROM_DATA fields (they follow from the data)."""
         values = dataclasses.asdict(self)
-        values["model"] = {k: v for k, v in values["model"].items() if k not in FROM_DATA}
+        kept = ("vocab_size",) if self.data_dir else ()  # a folder's vocabulary is kept
+        values["model"] = {
+            k: v for k, v in values["model"].items() if k not in FROM_DATA or k in kept
+        }
         return values
 
     @classmethod
@@ -156,8 +184,10 @@ class TrainConfig:
         the nesting wrote theirs) or a mix; the fields not given keep their defaults."""
         values = _nested(values)
         data = _section("data", values.pop("data"))
-        derived = {name: value for name, (value, _) in _from_data(data).items()}
-        model = _section("model", {**DEFAULT_MODEL, **derived, **values.pop("model")})
+        given = values.pop("model")
+        derived = _from_data(data, values.get("data_dir", ""), given)
+        derived = {name: value for name, (value, _) in derived.items()}
+        model = _section("model", {**DEFAULT_MODEL, **derived, **given})
         return cls(data, model, **values)
 
     def replace(self, **changes) -> TrainConfig:
@@ -205,15 +235,30 @@ def _section(name: str, values: dict):
     return section
 
 
-def _from_data(data: SceneConfig) -> dict[str, tuple[int, str]]:
-    """The model's FROM_DATA fields for these scenes, each with where it comes from."""
-    return {
-        "image_size": (data.image_size, "data.image_size"),
-        "vocab_size": (
+def _from_data(data: SceneConfig, data_dir: str = "", model=None) -> dict[str, tuple[int, str]]:
+    """The model's FROM_DATA fields for these scenes, each with where it comes from.
+
+    A folder's vocabulary is read from the folder only when the model (a VLMConfig or a
+    dict of its fields) does not give it: once a run has started, its checkpoints carry
+    the vocabulary, and the folder need not be there to use them."""
+    fields = {"image_size": (data.image_size, "data.image_size")}
+    if not data_dir:
+        fields["vocab_size"] = (
             default_tokenizer(data).vocab_size,
             f"the size of the {data.language!r} tokenizer's vocabulary",
-        ),
-    }
+        )
+    elif model is None or "vocab_size" not in _as_dict(model):
+        from .folder_data import folder_tokenizer
+
+        fields["vocab_size"] = (
+            folder_tokenizer(data_dir, data.image_size).vocab_size,
+            f"the size of the vocabulary of {data_dir}'s texts",
+        )
+    return fields
+
+
+def _as_dict(model) -> dict:
+    return model if isinstance(model, dict) else dataclasses.asdict(model)
 
 
 def _field_names(kind: type) -> tuple[str, ...]:
@@ -317,6 +362,20 @@ PRESETS: dict[str, dict] = {
         ),
         batch_size=16,
     ),
+    # `minivlm train --data DIR`: the demo's model on your own images, characters as tokens.
+    "folder": dict(
+        data=dict(image_size=64),
+        model=dict(
+            patch_size=8, d_model=128, n_heads=4, n_encoder_layers=2, n_blocks=2, max_len=128
+        ),
+        steps=600,
+        batch_size=32,
+        lr=1e-3,
+        warmup_steps=40,
+        out_dir="runs/folder",
+        eval_every=100,
+        checkpoint_every=100,
+    ),
     # A few seconds: for tests and smoke runs.
     "tiny": dict(
         data=dict(image_size=32, max_objects=2),
@@ -342,13 +401,18 @@ def preset(name: str, **overrides) -> TrainConfig:
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--preset, --config FILE, and one --flag per leaf field in FLAGS."""
-    parser.add_argument("--preset", default="demo", choices=sorted(PRESETS))
+    parser.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="default: folder with --data, demo otherwise",
+    )
     parser.add_argument("--config", type=Path, help="a JSON file of TrainConfig fields")
     for name in FLAGS:
         section = _section_of(name)
         owner = TrainConfig if section is None else SECTIONS[section]
         type_name = str(next(f.type for f in dataclasses.fields(owner) if f.name == name))
-        flag = "--" + name.replace("_", "-")
+        flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
         if type_name == "bool":
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None
@@ -362,7 +426,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def config_from_arguments(args: argparse.Namespace) -> TrainConfig:
     """The preset, then the --config file, then the flags given."""
-    layers = [PRESETS[args.preset]]
+    name = args.preset or ("folder" if getattr(args, "data_dir", None) else "demo")
+    layers = [PRESETS[name]]
     if args.config is not None:
         try:
             layers.append(json.loads(Path(args.config).read_text()))

@@ -1,5 +1,6 @@
-"""The training loop: procedural batches, AdamW with warm-up and cosine decay,
-periodic evaluation, a JSONL log, and checkpoints that resume exactly.
+"""The training loop: procedural batches (or a folder's, see folder_data), AdamW with
+warm-up and cosine decay, periodic evaluation, a JSONL log, and checkpoints that resume
+exactly.
 
 Batch s is examples s*B .. (s+1)*B - 1 of an endless, seeded stream of scenes, so a
 resumed run sees the same batches as an uninterrupted one; dropout's generator,
@@ -44,6 +45,7 @@ from .checkpoint import (
     save_training_checkpoint,
 )
 from .config import LOSS_WEIGHTINGS, TrainConfig
+from .folder_data import FolderSplit, FolderStream, folder_tokenizer
 
 
 def sequence_loss(
@@ -111,20 +113,42 @@ class Trainer:
     schedule: WarmupCosine
     step: int = 0
     skipped_steps: list[int] = field(default_factory=list)  # not applied: NaN or inf
+    _folder: FolderSplit | None = None  # with config.data_dir, made on first use
 
     @classmethod
     def create(cls, config: TrainConfig) -> Trainer:
         random.manual_seed(config.seed)
-        tokenizer = default_tokenizer(config.data)
+        if config.data_dir:
+            tokenizer = folder_tokenizer(config.data_dir, config.data.image_size)
+            if tokenizer.vocab_size != config.model.vocab_size:
+                raise ValueError(
+                    f"TrainConfig.model.vocab_size: expected {tokenizer.vocab_size} (the "
+                    f"vocabulary of {config.data_dir}'s texts), got {config.model.vocab_size}"
+                )
+        else:
+            tokenizer = default_tokenizer(config.data)
         model = VLM(config.model)  # its vocab_size is the tokenizer's (TrainConfig checks)
         model.to(config.device)
         optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
         schedule = WarmupCosine(optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
         return cls(config, tokenizer, model, optimizer, schedule)
 
-    def stream(self) -> TrainingStream:
+    @property
+    def folder(self) -> FolderSplit:
+        """A folder run's rows, encoded by the trainer's tokenizer (a resumed run's is its
+        checkpoint's)."""
+        if self._folder is None or self._folder.train.tokenizer is not self.tokenizer:
+            self._folder = FolderSplit.from_config(self.config, self.tokenizer)
+        return self._folder
+
+    def stream(self) -> TrainingStream | FolderStream:
         """The training batches; QA examples join after qa_start of the run."""
         c = self.config
+        if c.data_dir:
+            split = self.folder
+            return FolderStream(
+                split.train, split.train_rows, c.batch_size, c.seed, c.model.max_len + 1
+            )
         return TrainingStream(
             c.data,
             self.tokenizer,
@@ -186,9 +210,18 @@ class Trainer:
         self.skipped_steps.append(self.step)
 
     def validation_losses(self) -> dict[str, float]:
-        """Mean loss on fixed caption batches of fresh iid scenes and of held-out pairs."""
+        """Mean loss on fixed caption batches of fresh iid scenes and of held-out pairs;
+        a folder run's on its first validation rows (none: no loss)."""
         c = self.config
         self.model.eval()
+        if c.data_dir:
+            batches = self.folder.val_batches(c.batch_size, c.eval_batches, c.model.max_len + 1)
+            with no_grad():
+                values = [
+                    sequence_loss(self.model, b.images, b.inputs, b.targets, c.device).item()
+                    for b in batches
+                ]
+            return {"val_loss": float(np.mean(values))} if values else {}
         losses = {}
         with no_grad():
             for split in ("iid", "heldout"):
@@ -281,7 +314,8 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
                 record["skipped"] = "non-finite loss or gradient"
             if trainer.step % config.eval_every == 0 or trainer.step == config.steps:
                 record.update(trainer.validation_losses())
-            if trainer.step % config.log_every == 0 or "iid_loss" in record or loss is None:
+            evaluated = "iid_loss" in record or "val_loss" in record
+            if trainer.step % config.log_every == 0 or evaluated or loss is None:
                 log.write(json.dumps(record) + "\n")
                 log.flush()
             if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:

@@ -105,3 +105,19 @@ def test_a_folder_without_captions_or_usable_rows_is_refused(tmp_path):
     write_rows(tmp_path, [{"image": "gone.png", "text": "x"}])
     with pytest.raises(ValueError, match="no usable rows"):
         FolderDataset(tmp_path, skip_bad=True)
+
+
+def test_the_last_line_is_read_without_a_line_end(tmp_path):
+    save_images(tmp_path)
+    rows = [json.dumps({"image": "rgb.png", "text": t}) for t in ("first", "last")]
+    (tmp_path / CAPTIONS_FILE).write_text("\n".join(rows), encoding="utf-8")  # no final "\n"
+    assert [row.caption for row in FolderDataset(tmp_path).rows] == ["first", "last"]
+
+
+def test_a_truncated_image_is_refused_when_the_folder_is_read(tmp_path):
+    save_images(tmp_path)
+    whole = (tmp_path / "rgb.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) - 20])  # its last chunks gone
+    write_rows(tmp_path, [{"image": "cut.png", "text": "x"}])
+    with pytest.raises(FolderDataError, match=r"line 1: image 'cut.png' cannot be read"):
+        FolderDataset(tmp_path)
