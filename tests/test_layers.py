@@ -39,7 +39,7 @@ LAYERS = {
     "cli": 9,
 }
 # third-party packages the package may import (cupy and torch only lazily, where used)
-THIRD_PARTY = {"numpy", "PIL", "safetensors", "tqdm", "cupy", "cupyx", "torch", "threadpoolctl"}
+THIRD_PARTY = {"numpy", "PIL", "safetensors", "tqdm", "cupy", "cupyx", "torch", "threadpoolctl", "mpi4py"}
 
 
 def _modules():

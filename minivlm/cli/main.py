@@ -61,7 +61,9 @@ def _train(args: argparse.Namespace) -> int:
 
     config = config_from_arguments(args)
     trainer = train(config, resume=args.resume, overwrite=args.overwrite)
-    print(f"trained to step {trainer.step}; checkpoints in {config.out_dir}/checkpoints")
+    if trainer.group.rank == 0:
+        ranks = f" on {trainer.group.size} ranks" if trainer.group.size > 1 else ""
+        print(f"trained to step {trainer.step}{ranks}; checkpoints in {config.out_dir}/checkpoints")
     return 0
 
 

@@ -45,6 +45,7 @@ from .checkpoint import (
     save_training_checkpoint,
 )
 from .config import LOSS_WEIGHTINGS, TrainConfig
+from .distributed import FlatGradients, RankTimeout, SingleProcess, process_group
 from .folder_data import FolderSplit, FolderStream, folder_tokenizer
 
 
@@ -114,9 +115,23 @@ class Trainer:
     step: int = 0
     skipped_steps: list[int] = field(default_factory=list)  # not applied: NaN or inf
     _folder: FolderSplit | None = None  # with config.data_dir, made on first use
+    # the ranks training together (see distributed.py); SingleProcess when alone
+    group: SingleProcess = field(default_factory=SingleProcess)
+    _gradients: FlatGradients | None = None  # with several ranks: the allreduce's buffer
 
     @classmethod
-    def create(cls, config: TrainConfig) -> Trainer:
+    def create(cls, config: TrainConfig, group=None) -> Trainer:
+        group = group or SingleProcess()
+        if config.batch_size % group.size:
+            raise ValueError(
+                f"TrainConfig.batch_size: expected a multiple of the {group.size} ranks, "
+                f"got {config.batch_size}"
+            )
+        if group.size > 1 and config.detect_anomaly:
+            raise ValueError(
+                "TrainConfig.detect_anomaly: expected false with several ranks (a rank that "
+                "stops on an op would leave the others waiting), got true"
+            )
         random.manual_seed(config.seed)
         if config.data_dir:
             tokenizer = folder_tokenizer(config.data_dir, config.data.image_size)
@@ -131,7 +146,7 @@ class Trainer:
         model.to(config.device)
         optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
         schedule = WarmupCosine(optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
-        return cls(config, tokenizer, model, optimizer, schedule)
+        return cls(config, tokenizer, model, optimizer, schedule, group=group)
 
     @property
     def folder(self) -> FolderSplit:
@@ -172,26 +187,34 @@ class Trainer:
         greyscale: GreyscaleCaptions | None = None,
     ) -> float:
         self.model.train()
+        if self.group.size > 1:  # dropout masks of this rank's rows, whatever P
+            random.manual_seed([self.config.seed, self.step, self.group.rank])
         # corruption reads which words are trained before greyscale drops colour targets
         inputs = corruption(batch.inputs, batch.targets, batch.answers, self.step)
         if greyscale is not None:
             batch = greyscale(batch, self.step)
         c = self.config
         weights = target_weights(batch.targets, batch.answers, c.loss_weighting, c.answer_weight)
+        rows = self.my_rows(len(batch.lengths))  # this rank's share of the global batch
         self.optimizer.zero_grad()
         loss = 0.0
-        for rows in length_groups(batch.lengths):  # the whole batch's loss, a group at a time
-            width = int(batch.lengths[rows].max())
+        for group in length_groups(batch.lengths[rows]):  # the loss a group at a time
+            part_rows = rows[group]
+            width = int(batch.lengths[part_rows].max())
             part = sequence_loss(
                 self.model,
-                batch.images[rows],
-                inputs[rows, :width],
-                batch.targets[rows, :width],
+                batch.images[part_rows],
+                inputs[part_rows, :width],
+                batch.targets[part_rows, :width],
                 c.device,
-                weights[rows, :width],
+                weights[part_rows, :width],
             )
             part.backward()  # gradients add up across the groups
             loss += part.item()
+        if self.group.size > 1:  # sum the ranks' shares: the whole batch's gradient and loss
+            if self._gradients is None:
+                self._gradients = FlatGradients(list(self.model.parameters()))
+            loss = self._gradients.allreduce(self.group, loss, self.step + 1)
         norm = clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise NonFiniteError(
@@ -201,6 +224,11 @@ class Trainer:
         self.schedule.step()
         self.step += 1
         return loss
+
+    def my_rows(self, batch_rows: int) -> np.ndarray:
+        """(B / P,) the rows of a global batch that this rank trains on."""
+        share = batch_rows // self.group.size
+        return np.arange(self.group.rank * share, (self.group.rank + 1) * share)
 
     def skip_step(self) -> None:
         """Move past a step whose update was not applied (its batch is consumed)."""
@@ -260,37 +288,57 @@ def parameter_groups(model: VLM, weight_decay: float) -> list[dict]:
 
 
 def train(
-    config: TrainConfig, resume: bool = False, stop_at: int | None = None, overwrite: bool = False
+    config: TrainConfig,
+    resume: bool = False,
+    stop_at: int | None = None,
+    overwrite: bool = False,
+    group=None,
 ) -> Trainer:
     """Train to config.steps (or to `stop_at`, as if interrupted there); returns the trainer.
 
     The run folder is locked for the run; a folder that holds a run already is refused
     unless `resume` (continue from its newest good checkpoint) or `overwrite` (replace it).
+    Started by mpiexec, the ranks train together (see distributed.py; `group` None: the
+    launcher's); rank 0 alone touches the run folder, but every rank reads a checkpoint
+    to resume from.
     """
+    group = group or process_group(config.device, config.rank_timeout)
+    lead = group.rank == 0
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with run_folder.RunLock(out) as lock:
-        run_folder.prepare(out, resume, overwrite, lock)
-        trainer = Trainer.create(config)
+    if lead:
+        out.mkdir(parents=True, exist_ok=True)
+    with run_folder.RunLock(out) if lead else contextlib.nullcontext() as lock:
+        if lead:
+            run_folder.prepare(out, resume, overwrite, lock)
+        group.barrier("the run folder's preparation by rank 0")
+        trainer = Trainer.create(config, group)
         if resume:
-            load_training_state(out, trainer)
-        run_folder.truncate_log(out, trainer.step)
+            load_training_state(out, trainer, None if lead else lambda text: None)
+        if group.size > 1:
+            trainer._gradients = FlatGradients(list(trainer.model.parameters()))
+            trainer._gradients.broadcast_weights(group)
+        if lead:
+            run_folder.truncate_log(out, trainer.step)
         anomaly = detect_anomaly() if config.detect_anomaly else contextlib.nullcontext()
         with anomaly:
-            _run(trainer, out, stop_at)
+            try:
+                _run(trainer, out, stop_at)
+            except RankTimeout as error:
+                group.abort(str(error))
     return trainer
 
 
 def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
-    config = trainer.config
+    """The steps; rank 0 alone evaluates, logs, checkpoints and shows progress."""
+    config, lead = trainer.config, trainer.group.rank == 0
     words = _attribute_words(config.data.language)
     corruption = AttributeCorruption(trainer.tokenizer, words, config.corrupt_attributes)
     greyscale = GreyscaleCaptions(
         trainer.tokenizer, words["colour"], config.greyscale_captions, config.seed
     )
     end = config.steps if stop_at is None else min(stop_at, config.steps)
-    log = open(out / run_folder.LOG_FILE, "a")
-    bar = _progress(config, trainer.step, end)
+    log = open(out / run_folder.LOG_FILE, "a") if lead else None
+    bar = _progress(config, trainer.step, end) if lead else None
     batches = stream_batches(trainer.stream(), trainer.step, end, config.data_workers)
     started, samples = time.perf_counter(), 0
     try:
@@ -303,6 +351,8 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
                 trainer.skip_step()
                 loss = None
             samples += config.batch_size
+            if not lead:
+                continue
             rate = samples / (time.perf_counter() - started)
             record = {
                 "step": trainer.step,
@@ -327,7 +377,8 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
                 bar.update(1)
     finally:
         batches.close()  # stops the workers, if any
-        log.close()
+        if log is not None:
+            log.close()
         if bar is not None:
             bar.close()
 

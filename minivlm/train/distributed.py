@@ -1,0 +1,204 @@
+"""Data-parallel training: P processes ("ranks"), one batch, one allreduce a step.
+
+    mpiexec -n P minivlm train ...        (MPI through mpi4py: pip install "minivlm[mpi]")
+
+Every rank builds the same global batch of B rows (a batch is a function of its step)
+and the same augmentations and per-target loss weights w (summing to 1 over the whole
+batch). Rank r trains on rows r*B/P .. (r+1)*B/P - 1, so its loss is its share of the
+global loss and its gradient g_r the share of the global gradient:
+
+    loss = sum_r loss_r,    g = sum_r g_r        (one allreduce, SUM, over a flat buffer)
+
+After the allreduce every rank holds g (to float32 rounding: the sum is taken in another
+order than one process takes it) and takes the same clipped AdamW step, so the weights
+stay equal without being sent; rank 0's are broadcast once at the start. Only rank 0
+writes logs and checkpoints; a checkpoint holds no trace of P, so a run resumes under
+any P' that divides B. Dropout draws from a generator seeded by (seed, step, rank).
+
+With --device cuda the gradients are allreduced on the GPUs with NCCL through CuPy
+(cupy.cuda.nccl), one process a GPU, MPI only telling the ranks NCCL's id.
+
+A rank that dies ends the job (mpiexec stops the others). A rank that hangs is noticed
+by the others: each waits at most `rank_timeout` seconds for a step's allreduce, then
+says so and aborts the job, instead of waiting for ever.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+
+from ..backend import get_array_module
+
+# what the launchers of MPICH (Hydra), Open MPI and Slurm set in each rank's environment
+SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS")
+
+
+class RankTimeout(RuntimeError):
+    """The other ranks did not join a collective within the timeout."""
+
+
+class SingleProcess:
+    """P = 1: every collective is the identity."""
+
+    rank, size = 0, 1
+
+    def allreduce_sum(self, buffer, what: str) -> None:
+        pass
+
+    def broadcast(self, buffer, what: str) -> None:
+        pass
+
+    def barrier(self, what: str) -> None:
+        pass
+
+    def abort(self, message: str) -> None:
+        raise RuntimeError(message)
+
+
+class MPIGroup:
+    """The ranks of MPI's COMM_WORLD. Collectives are non-blocking ones, waited on with
+    a timeout: MPI's blocking calls would wait for a hung rank for ever."""
+
+    def __init__(self, timeout: float) -> None:
+        from mpi4py import MPI
+
+        self.MPI, self.comm, self.timeout = MPI, MPI.COMM_WORLD, timeout
+        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+        self.local_size = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+
+    def allreduce_sum(self, buffer: np.ndarray, what: str) -> None:
+        """buffer (n,) float32, in place: the sum over the ranks."""
+        self._wait(self.comm.Iallreduce(self.MPI.IN_PLACE, buffer, op=self.MPI.SUM), what)
+
+    def broadcast(self, buffer: np.ndarray, what: str) -> None:
+        """buffer, in place: rank 0's."""
+        self._wait(self.comm.Ibcast(buffer, root=0), what)
+
+    def barrier(self, what: str) -> None:
+        self._wait(self.comm.Ibarrier(), what)
+
+    def abort(self, message: str) -> None:
+        print(f"minivlm train (rank {self.rank}): error: {message}", file=sys.stderr, flush=True)
+        self.comm.Abort(1)
+
+    def _wait(self, request, what: str) -> None:
+        """Poll until done; sleep between polls (from 20 us up to 2 ms) to leave the
+        cores to the other ranks, which share them on a small machine."""
+        started, pause = time.monotonic(), 2e-5
+        while not request.Test():
+            if time.monotonic() - started > self.timeout:
+                raise RankTimeout(
+                    f"rank {self.rank} of {self.size}: the other ranks did not join {what} "
+                    f"within {self.timeout:g} s (--rank-timeout); one has hung or died"
+                )
+            time.sleep(pause)
+            pause = min(2 * pause, 2e-3)
+
+
+class NCCLGroup(MPIGroup):
+    """MPI's ranks, each on its own GPU, reducing device buffers with NCCL."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        import cupy
+        from cupy.cuda import nccl
+
+        cupy.cuda.Device(self.rank % cupy.cuda.runtime.getDeviceCount()).use()
+        unique_id = nccl.get_unique_id() if self.rank == 0 else None
+        unique_id = self.comm.bcast(unique_id, root=0)
+        self.nccl, self.cupy = nccl, cupy
+        self.nccl_comm = nccl.NcclCommunicator(self.size, unique_id, self.rank)
+
+    def allreduce_sum(self, buffer, what: str) -> None:
+        """buffer (n,) float32 on the GPU, in place: the sum over the ranks."""
+        stream = self.cupy.cuda.get_current_stream()
+        self.nccl_comm.allReduce(
+            buffer.data.ptr, buffer.data.ptr, buffer.size,
+            self.nccl.NCCL_FLOAT32, self.nccl.NCCL_SUM, stream.ptr,
+        )  # fmt: skip
+        stream.synchronize()
+
+    def broadcast(self, buffer, what: str) -> None:
+        stream = self.cupy.cuda.get_current_stream()
+        self.nccl_comm.bcast(buffer.data.ptr, buffer.size, self.nccl.NCCL_FLOAT32, 0, stream.ptr)
+        stream.synchronize()
+
+
+def launched_ranks() -> int:
+    """How many ranks the launcher started (1 when run on its own)."""
+    for name in SIZE_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
+
+
+def process_group(device: str = "cpu", timeout: float = 300.0):
+    """The group this process belongs to: SingleProcess, MPIGroup or, on GPUs, NCCLGroup."""
+    if launched_ranks() == 1:
+        return SingleProcess()
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            f"started as one of {launched_ranks()} ranks, but mpi4py is not installed: "
+            'pip install "minivlm[mpi]"'
+        ) from None
+    group = NCCLGroup(timeout) if device == "cuda" else MPIGroup(timeout)
+    if device == "cpu":
+        _share_cores(group.local_size)
+    return group
+
+
+def _share_cores(local_ranks: int) -> None:
+    """BLAS threads per rank: the cores this process may use over the ranks on its machine."""
+    from threadpoolctl import threadpool_limits
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threadpool_limits(max(1, cores // local_ranks), user_api="blas")
+
+
+class FlatGradients:
+    """The parameters' gradients copied into one flat float32 buffer, reduced there in one
+    collective, and handed back as views of it; one more slot carries the step's loss."""
+
+    def __init__(self, params: list) -> None:
+        self.params = params
+        self.sizes = [p.data.size for p in params]
+        self.ends = np.cumsum(self.sizes)  # (n_params,)
+        xp = get_array_module(params[0].data)
+        self.buffer = xp.zeros(int(self.ends[-1]) + 1, dtype=np.float32)  # (total + 1,)
+
+    def allreduce(self, group, loss: float, step: int) -> float:
+        """Sum every parameter's gradient and `loss` over the ranks; returns the summed loss.
+        A gradient that is None on this rank counts as 0; it stays None when it is 0 on
+        every rank (no rank's loss reached the parameter)."""
+        flat, start = self.buffer, 0
+        for param, end in zip(self.params, self.ends, strict=True):
+            if param.grad is None:
+                flat[start:end] = 0
+            else:
+                flat[start:end] = param.grad.ravel()
+            start = int(end)
+        flat[-1] = loss
+        group.allreduce_sum(flat, f"step {step}'s gradient allreduce")
+        start = 0
+        for param, end in zip(self.params, self.ends, strict=True):
+            piece = flat[start : int(end)]
+            if param.grad is not None or piece.any():
+                param.grad = piece.reshape(param.data.shape).astype(param.data.dtype, copy=False)
+            start = int(end)
+        return float(flat[-1])
+
+    def broadcast_weights(self, group) -> None:
+        """Every rank's parameters become rank 0's."""
+        xp = get_array_module(self.params[0].data)
+        flat = xp.concatenate([p.data.ravel().astype(np.float32) for p in self.params])
+        group.broadcast(flat, "the start's weight broadcast")
+        start = 0
+        for param, end in zip(self.params, self.ends, strict=True):
+            param.data[...] = flat[start : int(end)].reshape(param.data.shape)
+            start = int(end)
