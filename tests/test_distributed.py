@@ -131,3 +131,15 @@ def test_one_process_is_its_own_group_and_the_flat_buffer_round_trips():
     assert loss == 2.5 and params[0].grad is None
     for p, g in zip(params[1:], gradients[1:], strict=True):
         np.testing.assert_array_equal(p.grad, g)
+
+
+def test_the_ranks_benchmark_reports_samples_per_second_and_efficiency(tmp_path, capsys):
+    from minivlm.cli.main import main
+
+    report = tmp_path / "train.json"
+    assert main(["bench", "train", "--ranks", "1,2", "--quick", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "ranks   samples/s" in printed and "efficiency" in printed
+    rows = json.loads((tmp_path / "train_ranks.json").read_text())["rows"]
+    assert [row["ranks"] for row in rows] == [1, 2]
+    assert rows[0]["efficiency"] == 1.0 and rows[1]["samples_per_s"] > 0

@@ -316,3 +316,22 @@ def test_custom_op_page_snippets_run_and_each_mistake_fails():
 def test_chinese_guide_covers_the_chapters_and_the_two_derivations():
     pages = {p.name for p in (REPO / "docs" / "zh").glob("*.md")}
     assert {"README.md", "attention.md", "layer_norm.md"} <= pages
+
+
+def test_scaling_page_holds_the_tables_the_script_computes():
+    """docs/scaling.md's allreduce figures are benchmarks/scaling_table.py's output, and
+    its parameter counts those of the presets' models."""
+    import importlib.util
+
+    from minivlm.models import VLM
+    from minivlm.train import preset
+
+    spec = importlib.util.spec_from_file_location("scaling", REPO / "benchmarks/scaling_table.py")
+    scaling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaling)
+    page = (REPO / "docs/scaling.md").read_text()
+    missing = [table.splitlines()[0] for table in scaling.tables() if table not in page]
+    assert not missing, f"docs/scaling.md lacks the tables headed {missing}: rerun the script"
+    for name, (parameters, batch, _) in scaling.MODELS.items():
+        assert VLM(preset(name).model).num_parameters() == parameters, name
+        assert preset(name).batch_size == batch, name

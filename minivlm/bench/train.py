@@ -18,6 +18,7 @@ train mode.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -253,7 +254,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=0)
     add("--quick", action="store_true", help="the tiny model, 3 steps")
     add("--json", type=Path, default=Path("benchmarks/out/train.json"), help="the report")
+    add(
+        "--ranks",
+        type=_rank_counts,
+        help="e.g. 1,2: instead, samples/s of real training steps of the demo preset (the "
+        "first of --models) on each number of MPI ranks sharing this machine's cores, and "
+        "the scaling efficiency (needs minivlm[mpi])",
+    )
     parser.set_defaults(handler=run_from_args)
+
+
+def _rank_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected rank counts like 1,2, got {text!r}")
+    return counts
 
 
 def options(argv: list[str]) -> argparse.Namespace:
@@ -261,7 +279,28 @@ def options(argv: list[str]) -> argparse.Namespace:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.ranks:
+        return _run_ranks(args)
     report = run_train_benchmark(harness.with_defaults(args, DEFAULTS, QUICK))
     print(format_train_table(report))
     print(f"\nJSON: {harness.write_report(report, args.json, ('step',))}")
     return 1 if any(r["status"] in ("wrong", "error") for r in report["results"]) else 0
+
+
+def _run_ranks(args: argparse.Namespace) -> int:
+    """`--ranks`: the demo preset (tiny with --quick), 20 steps (3) after 3 (1), 3 blocks."""
+    from ..checkpoint import atomic_write_bytes
+    from .ranks import format_ranks_table, run_ranks
+
+    model = "tiny" if args.quick else (args.models or ["demo"])[0]
+    if model not in ("demo", "tiny"):
+        raise ValueError(f"--ranks: trains a preset, demo or tiny; got --models {model}")
+    steps, warmup = (3, 1) if args.quick else (args.repeats or 20, args.warmup or 3)
+    report = run_ranks(args.ranks, model, steps, warmup, 1 if args.quick else 3, harness.log)
+    report["machine"] = harness.machine_facts()
+    print(format_ranks_table(report, harness.describe(report["machine"])))
+    path = args.json.with_name(args.json.stem + "_ranks.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(report, indent=1).encode())
+    print(f"\nJSON: {path}")
+    return 0

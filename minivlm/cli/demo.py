@@ -18,6 +18,7 @@ from ..data import SceneDataset
 from ..evaluate import EvalConfig, evaluate, format_table
 from ..generate import answer_questions, caption_images
 from ..train.config import TrainConfig
+from ..train.distributed import process_group
 from ..train.loop import Trainer, train
 from ..viz import array_to_image, attention_grid, line_chart, sample_sheet
 
@@ -27,12 +28,17 @@ def run_demo(
 ) -> dict:
     out = Path(config.out_dir)
     started, model = time.perf_counter(), config.model
+    group = process_group(config.device, config.rank_timeout)  # mpiexec -n P minivlm demo
+    if group.rank != 0:  # the other ranks train alongside rank 0, then leave it the rest
+        train(config, overwrite=overwrite, group=group)
+        return {}
+    ranks = f" on {group.size} ranks" if group.size > 1 else ""
     _say(
         f"minivlm demo: training a {model.d_model}-wide VLM ({model.fusion} fusion) for "
-        f"{config.steps} steps of {config.batch_size} procedural scenes on {config.device}; "
-        f"output in {out}/"
+        f"{config.steps} steps of {config.batch_size} procedural scenes on {config.device}"
+        f"{ranks}; output in {out}/"
     )
-    trainer = train(config, overwrite=overwrite)
+    trainer = train(config, overwrite=overwrite, group=group)
     trained = time.perf_counter()
     _say(
         f"trained in {trained - started:.0f} s; evaluating on fresh scenes "

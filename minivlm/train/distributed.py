@@ -68,7 +68,8 @@ class MPIGroup:
 
         self.MPI, self.comm, self.timeout = MPI, MPI.COMM_WORLD, timeout
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.local_size = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+        local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
 
     def allreduce_sum(self, buffer: np.ndarray, what: str) -> None:
         """buffer (n,) float32, in place: the sum over the ranks."""
@@ -149,16 +150,25 @@ def process_group(device: str = "cpu", timeout: float = 300.0):
         ) from None
     group = NCCLGroup(timeout) if device == "cuda" else MPIGroup(timeout)
     if device == "cpu":
-        _share_cores(group.local_size)
+        _share_cores(group.local_rank, group.local_size)
     return group
 
 
-def _share_cores(local_ranks: int) -> None:
-    """BLAS threads per rank: the cores this process may use over the ranks on its machine."""
+def _share_cores(local_rank: int, local_size: int) -> None:
+    """Give each of the machine's `local_size` ranks its own share of the cores this
+    process may use (unless the launcher has bound it already: `-bind-to core`), and BLAS
+    one thread per core of the share. Otherwise every rank's BLAS and attention threads
+    would run on every core, P times as many threads as cores."""
     from threadpoolctl import threadpool_limits
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threadpool_limits(max(1, cores // local_ranks), user_api="blas")
+    if not hasattr(os, "sched_getaffinity"):
+        threadpool_limits(max(1, (os.cpu_count() or 1) // local_size), user_api="blas")
+        return
+    available = sorted(os.sched_getaffinity(0))
+    per_rank = max(1, len(available) // local_size)
+    if len(available) > per_rank and len(available) >= local_size:  # not bound yet
+        os.sched_setaffinity(0, available[local_rank * per_rank : (local_rank + 1) * per_rank])
+    threadpool_limits(per_rank, user_api="blas")
 
 
 class FlatGradients:

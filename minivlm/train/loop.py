@@ -225,6 +225,15 @@ class Trainer:
         self.step += 1
         return loss
 
+    def augmentations(self) -> tuple[AttributeCorruption, GreyscaleCaptions]:
+        """What train_step applies to each batch (rate 0: nothing)."""
+        c = self.config
+        words = _attribute_words(c.data.language)
+        return (
+            AttributeCorruption(self.tokenizer, words, c.corrupt_attributes),
+            GreyscaleCaptions(self.tokenizer, words["colour"], c.greyscale_captions, c.seed),
+        )
+
     def my_rows(self, batch_rows: int) -> np.ndarray:
         """(B / P,) the rows of a global batch that this rank trains on."""
         share = batch_rows // self.group.size
@@ -331,11 +340,7 @@ def train(
 def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
     """The steps; rank 0 alone evaluates, logs, checkpoints and shows progress."""
     config, lead = trainer.config, trainer.group.rank == 0
-    words = _attribute_words(config.data.language)
-    corruption = AttributeCorruption(trainer.tokenizer, words, config.corrupt_attributes)
-    greyscale = GreyscaleCaptions(
-        trainer.tokenizer, words["colour"], config.greyscale_captions, config.seed
-    )
+    corruption, greyscale = trainer.augmentations()
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     log = open(out / run_folder.LOG_FILE, "a") if lead else None
     bar = _progress(config, trainer.step, end) if lead else None
