@@ -30,14 +30,18 @@ def allreduce_seconds(size_bytes: float, ranks: int, bandwidth: float, latency: 
     return 2 * (ranks - 1) * latency + 2 * (ranks - 1) / ranks * size_bytes / bandwidth
 
 
+def _header(title: str) -> list[str]:
+    """A table's first two lines: `title`, then a column a rank count."""
+    return [
+        f"| {title} | " + " | ".join(f"P = {p}" for p in RANKS) + " |",
+        "|---|" + "---|" * len(RANKS),
+    ]
+
+
 def allreduce_table(model: str) -> str:
     parameters = MODELS[model][0]
     size = 4 * parameters
-    lines = [
-        f"| {model}: {parameters:,} gradients, {size / 1e6:.2f} MB | "
-        + " | ".join(f"P = {p}" for p in RANKS) + " |",
-        "|---|" + "---|" * len(RANKS),
-    ]  # fmt: skip
+    lines = _header(f"{model}: {parameters:,} gradients, {size / 1e6:.2f} MB")
     for link, (bandwidth, latency) in LINKS.items():
         cells = [allreduce_seconds(size, p, bandwidth, latency) * 1e3 for p in RANKS]
         lines.append(f"| {link} | " + " | ".join(f"{ms:.3g} ms" for ms in cells) + " |")
@@ -48,11 +52,7 @@ def efficiency_table(model: str) -> str:
     """Weak scaling: each rank keeps the preset's batch and its 2-core step time t_c;
     efficiency = t_c / (t_c + t_allreduce), nothing overlapped."""
     parameters, _, step = MODELS[model]
-    lines = [
-        f"| {model}, {step * 1e3:.0f} ms a step a rank | "
-        + " | ".join(f"P = {p}" for p in RANKS) + " |",
-        "|---|" + "---|" * len(RANKS),
-    ]  # fmt: skip
+    lines = _header(f"{model}, {step * 1e3:.0f} ms a step a rank")
     for link, (bandwidth, latency) in LINKS.items():
         cells = [step / (step + allreduce_seconds(4 * parameters, p, bandwidth, latency))
                  for p in RANKS]  # fmt: skip

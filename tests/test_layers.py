@@ -39,7 +39,9 @@ LAYERS = {
     "cli": 9,
 }
 # third-party packages the package may import (cupy and torch only lazily, where used)
-THIRD_PARTY = {"numpy", "PIL", "safetensors", "tqdm", "cupy", "cupyx", "torch", "threadpoolctl", "mpi4py"}
+THIRD_PARTY = {
+    "numpy", "PIL", "safetensors", "tqdm", "cupy", "cupyx", "torch", "threadpoolctl", "mpi4py"
+}  # fmt: skip
 
 
 def _modules():
