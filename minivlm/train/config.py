@@ -242,6 +242,8 @@ def _from_data(data: SceneConfig, data_dir: str = "", model=None) -> dict[str, t
     dict of its fields) does not give it: once a run has started, its checkpoints carry
     the vocabulary, and the folder need not be there to use them."""
     fields = {"image_size": (data.image_size, "data.image_size")}
+    if not isinstance(data_dir, str):
+        raise ValueError(f"TrainConfig.data_dir: expected a string, got {data_dir!r}")
     if not data_dir:
         fields["vocab_size"] = (
             default_tokenizer(data).vocab_size,

@@ -31,13 +31,14 @@ def _opened(root: str, image_size: int, stamp: tuple[int, int]) -> FolderDataset
 
 def open_folder(data_dir: str | os.PathLike, image_size: int) -> FolderDataset:
     """The folder's dataset, checked once per version of its captions.jsonl."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise NotADirectoryError(f"--data {data_dir}: expected a folder holding captions.jsonl")
-    captions = root / "captions.jsonl"
-    stat = captions.stat() if captions.is_file() else None
-    stamp = (stat.st_mtime_ns, stat.st_size) if stat else (0, 0)
-    return _opened(str(root.resolve()), image_size, stamp)
+    captions = Path(data_dir) / "captions.jsonl"
+    if not captions.is_file():
+        raise ValueError(
+            f"TrainConfig.data_dir (--data): expected a folder holding captions.jsonl, "
+            f"got {str(data_dir)!r}"
+        )
+    stat = captions.stat()
+    return _opened(str(captions.parent.resolve()), image_size, (stat.st_mtime_ns, stat.st_size))
 
 
 def folder_tokenizer(data_dir: str | os.PathLike, image_size: int) -> Tokenizer:
