@@ -1,7 +1,8 @@
 """`minivlm eval`: how well a model captions and answers, and whether it uses the image.
 
 Per split ("iid": fresh scenes like the training ones; "heldout": scenes with colour-
-shape pairs that training never showed):
+shape pairs that training never showed; "style", when the scenes hold a style out:
+scenes of training pairs drawn in that style, see minivlm.data.styles):
   loss, perplexity         teacher-forced caption loss per token
   image information gain   loss with the images shuffled within the batch minus loss
                            with the true images, in nats per token: what the image tells
@@ -14,6 +15,8 @@ shape pairs that training never showed):
   pointing                 for each colour or shape word of a caption, the share of
                            cross-attention (mean over heads and blocks, at the position
                            that predicts the word) on that object's patches, vs chance
+  per style                with several training styles, each attribute's accuracy in
+                           the scenes of each style ("shape_accuracy/outline")
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from .generate import answer_questions, caption_images
 from .metrics import CaptionScores, QAScores, patch_masks, pointing_score, token_objects_from_spans
 from .models import VLM
 
-SPLITS = ("iid", "heldout")
+SPLITS = ("iid", "heldout", "style")  # "style" only where the scenes hold a style out
 
 
 @dataclass
@@ -65,7 +68,7 @@ def evaluate(
     config = config or EvalConfig()
     results = {}
     training_answers = _training_answers(scenes, tokenizer, config)
-    for split in SPLITS:
+    for split in SPLITS if scenes.held_out_style else SPLITS[:2]:
         captions = SceneDataset(
             scenes, split, config.captions, config.seed, task="caption", tokenizer=tokenizer
         )
@@ -104,6 +107,7 @@ def _caption_metrics(
     model, tokenizer, scenes: SceneConfig, dataset: SceneDataset, config: EvalConfig
 ) -> dict:
     scores = CaptionScores()
+    by_style = defaultdict(CaptionScores)  # style name -> the scores of its scenes
     true_losses, shuffled_losses, counts = [], [], []
     pointing, chance, pointed = [], [], 0
     model.eval()
@@ -120,6 +124,9 @@ def _caption_metrics(
             examples, caption_images(model, tokenizer, batch.images), strict=False
         ):
             scores.add(generated.text, example.caption, example.scene, scenes)
+            by_style[example.scene.style].add(
+                generated.text, example.caption, example.scene, scenes
+            )
         share, base, n = _pointing(model, tokenizer, scenes, examples, batch, config)
         pointing.append(share * n)
         chance.append(base * n)
@@ -139,6 +146,16 @@ def _caption_metrics(
         "held_out_objects": scores.held_out_objects,
         "pointing_score": sum(pointing) / max(pointed, 1),
         "pointing_chance": sum(chance) / max(pointed, 1),
+        **(_per_style(by_style) if len(scenes.styles) > 1 else {}),
+    }
+
+
+def _per_style(by_style: dict[str, CaptionScores]) -> dict[str, float]:
+    """{"shape_accuracy/outline": ...}: each attribute's accuracy in each style's scenes."""
+    return {
+        f"{name}_accuracy/{style}": scores.accuracy(name)
+        for style, scores in sorted(by_style.items())
+        for name in ("colour", "shape", "size")
     }
 
 
@@ -224,11 +241,12 @@ def _teacher_forced_answer_accuracy(model, dataset: SceneDataset, config: EvalCo
 
 def format_table(results: dict) -> str:
     """The metrics as a table: one row a metric, one column a split."""
+    splits = [s for s in SPLITS if any(key.startswith(f"{s}/") for key in results)]
     names = sorted({key.split("/", 1)[1] for key in results}, key=_metric_order)
-    lines = [f"{'metric':32s}" + "".join(f"{split:>12s}" for split in SPLITS)]
+    lines = [f"{'metric':32s}" + "".join(f"{split:>12s}" for split in splits)]
     for name in names:
         cells = []
-        for split in SPLITS:
+        for split in splits:
             value = results.get(f"{split}/{name}")
             cells.append(
                 f"{'':>12s}"

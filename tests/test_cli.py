@@ -178,6 +178,16 @@ def test_train_then_caption_ask_and_eval_from_the_command_line(tiny_run, tmp_pat
     capsys.readouterr()
 
 
+def test_eval_style_adds_a_column_for_scenes_drawn_in_another_style(tiny_run, tmp_path, capsys):
+    out, _ = tiny_run
+    flags = ["--captions", "4", "--questions", "4", "--json", str(tmp_path / "m.json")]
+    assert main(["eval", "--checkpoint", str(out), "--style", "plain", *flags]) == 0
+    assert "style" in capsys.readouterr().out.splitlines()[0]
+    assert "style/shape_accuracy" in json.loads((tmp_path / "m.json").read_text())
+    assert main(["eval", "--checkpoint", str(out), "--style", "soft", *flags]) == 2
+    assert "--style soft: SceneConfig.held_out_style" in capsys.readouterr().err
+
+
 def test_train_resume_continues_from_the_latest_checkpoint(tiny_run, capsys):
     out, _ = tiny_run
     assert (

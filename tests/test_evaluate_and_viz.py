@@ -83,3 +83,21 @@ def test_demo_in_chinese_prints_chinese_captions(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert any("\u4e00" <= ch <= "\u9fff" for ch in printed), "no Chinese characters printed"
     assert (tmp_path / "metrics.json").is_file()
+
+
+def test_a_held_out_style_gets_its_own_column_and_each_style_its_accuracies(tmp_path):
+    styles = dict(styles=["soft", "outline"], held_out_style="plain")
+    trainer = train(preset("tiny", out_dir=str(tmp_path), steps=3, data=styles))
+    results = evaluate(
+        trainer.model,
+        trainer.tokenizer,
+        trainer.config.data,
+        EvalConfig(captions=16, questions=8, batch_size=8),
+    )
+    assert {"style/shape_accuracy", "style/vqa_accuracy", "style/exact_match"} <= set(results)
+    assert results["style/held_out_objects"] == 0  # training pairs only
+    for style in ("soft", "outline"):  # the iid scenes of each training style
+        for name in ("colour", "shape", "size"):
+            assert 0.0 <= results[f"iid/{name}_accuracy/{style}"] <= 1.0
+    assert "iid/shape_accuracy/plain" not in results
+    assert format_table(results).splitlines()[0].split() == ["metric", "iid", "heldout", "style"]

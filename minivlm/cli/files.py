@@ -6,6 +6,7 @@ answer, and metrics that are NaN, raise NoResult instead of being printed as res
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -138,16 +139,27 @@ def answer_file(
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, captions: int, questions: int, json_path: Path | None, device: str = "cpu"
+    checkpoint: Path,
+    captions: int,
+    questions: int,
+    json_path: Path | None,
+    device: str = "cpu",
+    style: str | None = None,
 ) -> dict:
     for name, count in (("captions", captions), ("questions", questions)):
         if type(count) is not int or count < 1:
             raise ValueError(f"--{name}: expected an int >= 1, got {count!r}")
     loaded = load_checkpoint(checkpoint, device)
+    scenes = loaded.scenes
+    if style is not None:
+        try:
+            scenes = dataclasses.replace(scenes, held_out_style=style)
+        except ValueError as error:
+            raise ValueError(f"--style {style}: {error}") from None
     results = evaluate(
         loaded.model,
         loaded.tokenizer,
-        loaded.scenes,
+        scenes,
         EvalConfig(captions, questions, device=device, qa_format=loaded.qa_format),
     )
     broken = [name for name, value in results.items() if not math.isfinite(value)]

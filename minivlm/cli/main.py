@@ -101,7 +101,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.data is not None:
         evaluate_checkpoint_on_folder(args.checkpoint, args.data, args.json, args.device)
     else:
-        evaluate_checkpoint(args.checkpoint, args.captions, args.questions, args.json, args.device)
+        evaluate_checkpoint(
+            args.checkpoint, args.captions, args.questions, args.json, args.device, args.style
+        )
     return 0
 
 
@@ -222,6 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument(
         "--questions", type=_number(int, 1), default=512, help="questions per split"
+    )
+    evaluation.add_argument(
+        "--style",
+        help="also evaluate scenes of training pairs drawn in this style (one the run did not "
+        "train on, e.g. plain; default: the run's held-out style, if any)",
     )
     evaluation.add_argument("--json", type=Path, help="also write the metrics here")
     evaluation.add_argument("--device", default="cpu", choices=["cpu", "cuda"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minivlm.data.language import LANGUAGES
+from minivlm.data.styles import DEFAULT_STYLE, STYLES
 from minivlm.data.vocabulary import (
     ALL_PAIRS,
     ATTRIBUTES,
@@ -15,7 +16,8 @@ from minivlm.data.vocabulary import (
     check_attribute_order,
 )
 
-SPLITS: tuple[str, ...] = ("train", "iid", "heldout")
+# "style": training pairs drawn in the held-out style (see minivlm.data.styles)
+SPLITS: tuple[str, ...] = ("train", "iid", "heldout", "style")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class SceneConfig:
     held_out_pairs: (colour, shape) pairs kept out of the "train" and "iid" splits.
     worked_answers: relation answers name each object and its column or row before the
         yes/no, counts of one shape the shape (see minivlm.data.questions.answer_text).
+    styles: the drawing styles (minivlm.data.styles.STYLES) scenes are drawn in, one
+        picked per scene; held_out_style: one that only the "style" split shows ("": none).
     """
 
     image_size: int = 64
@@ -39,6 +43,8 @@ class SceneConfig:
     language: str = "en"
     attribute_order: tuple[str, ...] = ATTRIBUTES
     worked_answers: bool = False
+    styles: tuple[str, ...] = (DEFAULT_STYLE,)
+    held_out_style: str = ""
 
     def __post_init__(self) -> None:
         _check_int("image_size", self.image_size, low=24, high=2048)
@@ -56,6 +62,7 @@ class SceneConfig:
         order = check_attribute_order(self.attribute_order, "SceneConfig.attribute_order")
         object.__setattr__(self, "attribute_order", order)
         object.__setattr__(self, "held_out_pairs", _checked_pairs(self.held_out_pairs))
+        object.__setattr__(self, "styles", _checked_styles(self.styles, self.held_out_style))
 
     @property
     def training_pairs(self) -> tuple[tuple[str, str], ...]:
@@ -77,6 +84,22 @@ def _check_float(name: str, value: object, low: float, high: float) -> None:
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not is_number or not low <= value <= high:
         raise ValueError(f"SceneConfig.{name}: expected a number in [{low}, {high}], got {value!r}")
+
+
+def _checked_styles(styles: object, held_out: object) -> tuple[str, ...]:
+    """The styles as a tuple of known names, none repeated, the held-out one not among them."""
+    if not _is_sequence(styles) or not styles or not all(s in STYLES for s in styles):
+        raise ValueError(
+            f"SceneConfig.styles: expected a non-empty list of {sorted(STYLES)}, got {styles!r}"
+        )
+    if len(set(styles)) != len(styles):
+        raise ValueError(f"SceneConfig.styles: expected each style once, got {styles!r}")
+    if held_out != "" and (held_out not in STYLES or held_out in styles):
+        raise ValueError(
+            f"SceneConfig.held_out_style: expected '' or a style of {sorted(STYLES)} not in "
+            f"styles {list(styles)}, got {held_out!r}"
+        )
+    return tuple(styles)
 
 
 def _checked_pairs(pairs: object) -> tuple[tuple[str, str], ...]:

@@ -1,9 +1,11 @@
 """Scene record -> RGB image and per-object masks, with Pillow.
 
-Each object is drawn SUPERSAMPLE times larger and box-averaged down, which gives
-its coverage of every pixel (0..1). The image blends the object's colour over the
-background by that coverage; the mask is coverage >= 1/2. Both come from the same
-drawing, so the masks match the pixels.
+Each object is drawn `supersample` times larger (its scene's style's; 4 unless the style
+turns anti-aliasing off) and box-averaged down, which gives its coverage of every pixel
+(0..1). The image blends the object's colour over the background by that coverage; the
+mask is coverage >= 1/2. Both come from the same drawing, so the masks match the pixels.
+The style also sets the star's and the cross's proportions, rounded corners, outlines
+and rotations (minivlm.data.styles).
 """
 
 from __future__ import annotations
@@ -14,11 +16,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from minivlm.data.scenes import Scene, SceneObject
+from minivlm.data.styles import STYLES, DrawingStyle
 from minivlm.data.vocabulary import COLOUR_RGB, GRID, SIZE_FRACTION
-
-SUPERSAMPLE = 4
-STAR_INNER_RATIO = 0.45  # inner / outer radius of the five-pointed star
-CROSS_ARM_RATIO = 0.38  # half the arm thickness / the half-extent of the cross
 
 
 def render_scene(scene: Scene, image_size: int = 64) -> Image.Image:
@@ -29,7 +28,7 @@ def render_scene(scene: Scene, image_size: int = 64) -> Image.Image:
     pixels *= scene.noise
     pixels += scene.background  # 0..255 before clipping
     for obj in scene.objects:
-        rows, cols, alpha = _object_patch(obj, image_size)  # alpha (h, w): 0 outside the patch
+        rows, cols, alpha = _object_patch(obj, image_size, STYLES[scene.style])  # alpha (h, w)
         colour = np.array(COLOUR_RGB[obj.colour], dtype=np.float32)  # (3,)
         patch = pixels[rows, cols]  # (h, w, 3), a view
         patch += alpha[:, :, None] * (colour - patch)  # = patch (1 - alpha) + colour alpha
@@ -48,28 +47,33 @@ def object_coverage(scene: Scene, image_size: int = 64) -> np.ndarray:
     _check_image_size(image_size)
     coverage = np.zeros((len(scene.objects), image_size, image_size), dtype=np.float32)
     for index, obj in enumerate(scene.objects):
-        rows, cols, alpha = _object_patch(obj, image_size)
+        rows, cols, alpha = _object_patch(obj, image_size, STYLES[scene.style])
         coverage[index, rows, cols] = alpha
     return coverage
 
 
-def _object_patch(obj: SceneObject, image_size: int) -> tuple[slice, slice, np.ndarray]:
+def _object_patch(
+    obj: SceneObject, image_size: int, style: DrawingStyle
+) -> tuple[slice, slice, np.ndarray]:
     """(rows, cols, coverage (h, w) float32): the object's coverage of the pixels in a box
     around it, a pixel wider than its outline on every side; it covers nothing outside.
 
-    Drawn SUPERSAMPLE times larger on a canvas the size of that box only (not the whole
-    image), then box-averaged down."""
-    big_cell = image_size * SUPERSAMPLE / GRID  # a cell's width on the supersampled grid
+    Drawn `style.supersample` times larger on a canvas the size of that box only (not the
+    whole image), then box-averaged down."""
+    scale = style.supersample
+    big_cell = image_size * scale / GRID  # a cell's width on the supersampled grid
     cx, cy = (obj.col + 0.5 + obj.dx) * big_cell, (obj.row + 0.5 + obj.dy) * big_cell
     r = SIZE_FRACTION[obj.size] * big_cell / 2
-    x0 = max(0, math.floor((cx - r) / SUPERSAMPLE) - 1)  # the box, in image pixels
-    x1 = min(image_size, math.ceil((cx + r) / SUPERSAMPLE) + 1)
-    y0 = max(0, math.floor((cy - r) / SUPERSAMPLE) - 1)
-    y1 = min(image_size, math.ceil((cy + r) / SUPERSAMPLE) + 1)
-    canvas = Image.new("L", ((x1 - x0) * SUPERSAMPLE, (y1 - y0) * SUPERSAMPLE), 0)
-    origin = (x0 * SUPERSAMPLE, y0 * SUPERSAMPLE)
-    _draw_shape(ImageDraw.Draw(canvas), obj, big_cell, origin)
-    small = canvas.reduce(SUPERSAMPLE)  # box average of SUPERSAMPLE^2 sub-pixels
+    reach = r * math.sqrt(2) if obj.angle else r  # a turned square's corners reach r * sqrt 2
+    reach += style.outline * r  # a stroke stands out of the outline by up to its width
+    x0 = max(0, math.floor((cx - reach) / scale) - 1)  # the box, in image pixels
+    x1 = min(image_size, math.ceil((cx + reach) / scale) + 1)
+    y0 = max(0, math.floor((cy - reach) / scale) - 1)
+    y1 = min(image_size, math.ceil((cy + reach) / scale) + 1)
+    canvas = Image.new("L", ((x1 - x0) * scale, (y1 - y0) * scale), 0)
+    origin = (x0 * scale, y0 * scale)
+    _draw_shape(ImageDraw.Draw(canvas), obj, big_cell, origin, style)
+    small = canvas.reduce(scale) if scale > 1 else canvas  # box average of scale^2 sub-pixels
     alpha = np.asarray(small, dtype=np.float32) / 255.0
     return slice(y0, y1), slice(x0, x1), alpha
 
@@ -80,44 +84,68 @@ def _check_image_size(image_size: int) -> None:
 
 
 def _draw_shape(
-    draw: ImageDraw.ImageDraw, obj: SceneObject, cell: float, origin: tuple[int, int]
+    draw: ImageDraw.ImageDraw,
+    obj: SceneObject,
+    cell: float,
+    origin: tuple[int, int],
+    style: DrawingStyle,
 ) -> None:
-    """Fill the object's shape with 255, in pixel units where a cell is `cell` wide, on a
-    canvas whose top-left corner is pixel `origin` of the whole image."""
+    """Draw the object's shape in 255 (filled, or outlined with style.outline), in pixel
+    units where a cell is `cell` wide, on a canvas whose top-left corner is pixel
+    `origin` of the whole image."""
     cx = (obj.col + 0.5 + obj.dx) * cell - origin[0]
     cy = (obj.row + 0.5 + obj.dy) * cell - origin[1]
     r = SIZE_FRACTION[obj.size] * cell / 2  # half the side of the bounding box
+    width = max(1, round(style.outline * r)) if style.outline else 0
+    fill, stroke = (None, 255) if width else (255, None)
+    box = (cx - r, cy - r, cx + r, cy + r)
     if obj.shape == "circle":
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=255)
+        draw.ellipse(box, fill=fill, outline=stroke, width=width or 1)
+    elif obj.shape == "square" and style.corner and not obj.angle:
+        draw.rounded_rectangle(box, style.corner * r, fill=fill, outline=stroke, width=width or 1)
     else:
-        points = [(cx + x * r, cy + y * r) for x, y in _UNIT_OUTLINES[obj.shape]]
-        draw.polygon(points, fill=255)
+        turn = math.radians(obj.angle)
+        cos, sin = math.cos(turn), math.sin(turn)
+        points = [
+            (cx + (x * cos - y * sin) * r, cy + (x * sin + y * cos) * r)
+            for x, y in unit_outline(obj.shape, style)
+        ]
+        if width:
+            draw.line([*points, points[0], points[1]], fill=255, width=width, joint="curve")
+        else:
+            draw.polygon(points, fill=255)
 
 
-def _star_outline() -> list[tuple[float, float]]:
-    """Ten points alternating outer radius 1 and inner radius STAR_INNER_RATIO, tip up."""
-    points = []
-    for k in range(10):
-        radius = 1.0 if k % 2 == 0 else STAR_INNER_RATIO
-        angle = -math.pi / 2 + k * math.pi / 5
-        points.append((radius * math.cos(angle), radius * math.sin(angle)))
-    return points
+def unit_outline(shape: str, style: DrawingStyle) -> list[tuple[float, float]]:
+    """The shape's corners in a box from -1 to 1 (y grows downwards), as `style` draws it."""
+    if shape == "star":
+        return _star_outline(style.star_points, style.star_inner)
+    if shape == "cross":
+        return _cross_outline(style.cross_arm)
+    return _UNIT_OUTLINES[shape]
 
 
-def _cross_outline() -> list[tuple[float, float]]:
-    """A plus sign: twelve corners, arms of half-thickness CROSS_ARM_RATIO."""
-    t = CROSS_ARM_RATIO
+def _star_outline(points: int, inner: float) -> list[tuple[float, float]]:
+    """2 * points corners alternating outer radius 1 and inner radius `inner`, tip up."""
+    corners = []
+    for k in range(2 * points):
+        radius = 1.0 if k % 2 == 0 else inner
+        angle = -math.pi / 2 + k * math.pi / points
+        corners.append((radius * math.cos(angle), radius * math.sin(angle)))
+    return corners
+
+
+def _cross_outline(t: float) -> list[tuple[float, float]]:
+    """A plus sign: twelve corners, arms of half-thickness t."""
     return [
         (-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t),
         (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t),
     ]  # fmt: skip
 
 
-# outlines in a box from -1 to 1 (y grows downwards), scaled by the half-extent r
+# outlines of the shapes that no style changes
 _UNIT_OUTLINES: dict[str, list[tuple[float, float]]] = {
     "square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
     "triangle": [(0, -1), (1, 1), (-1, 1)],
     "diamond": [(0, -1), (1, 0), (0, 1), (-1, 0)],
-    "star": _star_outline(),
-    "cross": _cross_outline(),
 }

@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from minivlm.data.config import SPLITS, SceneConfig
+from minivlm.data.styles import DEFAULT_STYLE, STYLES
 from minivlm.data.vocabulary import ALL_PAIRS, COLOURS, GRID, SHAPES, SIZE_FRACTION, SIZES
-
-BACKGROUND_LEVELS = (16, 64)  # grey level of the background, drawn per scene
 
 
 @dataclass(frozen=True)
 class SceneObject:
-    """One object. dx, dy shift its centre, as fractions of a cell."""
+    """One object. dx, dy shift its centre, as fractions of a cell; angle turns it
+    clockwise, in degrees."""
 
     colour: str
     shape: str
@@ -27,6 +27,7 @@ class SceneObject:
     col: int
     dx: float = 0.0
     dy: float = 0.0
+    angle: float = 0.0
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -56,12 +57,14 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """Objects in row-major cell order, over a grey background with noise."""
+    """Objects in row-major cell order, over a grey background with noise, drawn in a style
+    (minivlm.data.styles)."""
 
     objects: tuple[SceneObject, ...]
     background: int = 40  # grey level 0..255
     noise: float = 0.0  # standard deviation of the background noise
     noise_seed: int = 0
+    style: str = DEFAULT_STYLE
 
     def __post_init__(self) -> None:
         objects = tuple(self.objects)
@@ -72,6 +75,8 @@ class Scene:
             raise ValueError(f"Scene.objects: one object per cell, got cells {cells}")
         if not 0 <= self.background <= 255:
             raise ValueError(f"Scene.background: expected 0..255, got {self.background!r}")
+        if self.style not in STYLES:
+            raise ValueError(f"Scene.style: expected one of {sorted(STYLES)}, got {self.style!r}")
         object.__setattr__(self, "objects", tuple(sorted(objects, key=lambda o: o.cell)))
 
 
@@ -96,19 +101,34 @@ def make_scene(config: SceneConfig, split: str = "train", seed: int = 0, index: 
 
 
 def sample_scene(config: SceneConfig, rng: np.random.Generator, split: str = "train") -> Scene:
-    """Draw a scene. "heldout" scenes hold at least one held-out pair; the others none."""
+    """Draw a scene. "heldout" scenes hold at least one held-out pair; the others none.
+    "style" scenes are drawn in the held-out style, the others in one of `config.styles`
+    (with one style, nothing is drawn for it: the scenes are those of before styles)."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    style_name = _draw_style(config, rng, split)
+    style = STYLES[style_name]
     n_objects = int(rng.integers(1, config.max_objects + 1))
     cells = np.sort(rng.choice(GRID * GRID, size=n_objects, replace=False))
     pairs = _draw_pairs(config, rng, split, n_objects)
     objects = [
-        _draw_object(config, rng, pair, int(cell) // GRID, int(cell) % GRID)
+        _draw_object(config, rng, pair, int(cell) // GRID, int(cell) % GRID, style.rotation)
         for pair, cell in zip(pairs, cells, strict=True)
     ]
-    background = int(rng.integers(BACKGROUND_LEVELS[0], BACKGROUND_LEVELS[1] + 1))
+    background = int(rng.integers(style.background[0], style.background[1] + 1))
     noise_seed = int(rng.integers(2**31))
-    return Scene(tuple(objects), background, float(config.noise), noise_seed)
+    noise = float(config.noise * style.noise_scale)
+    return Scene(tuple(objects), background, noise, noise_seed, style_name)
+
+
+def _draw_style(config: SceneConfig, rng: np.random.Generator, split: str) -> str:
+    if split == "style":
+        if not config.held_out_style:
+            raise ValueError("split='style' needs SceneConfig.held_out_style, which is ''")
+        return config.held_out_style
+    if len(config.styles) == 1:
+        return config.styles[0]
+    return config.styles[int(rng.integers(len(config.styles)))]
 
 
 def _draw_pairs(
@@ -126,9 +146,15 @@ def _draw_pairs(
 
 
 def _draw_object(
-    config: SceneConfig, rng: np.random.Generator, pair: tuple[str, str], row: int, col: int
+    config: SceneConfig,
+    rng: np.random.Generator,
+    pair: tuple[str, str],
+    row: int,
+    col: int,
+    rotation: float = 0.0,
 ) -> SceneObject:
     size = SIZES[int(rng.integers(len(SIZES)))]
     limit = min(config.jitter, (1.0 - SIZE_FRACTION[size]) / 2)
     dx, dy = rng.uniform(-limit, limit, size=2)
-    return SceneObject(pair[0], pair[1], size, row, col, float(dx), float(dy))
+    angle = float(rng.uniform(-rotation, rotation)) if rotation else 0.0
+    return SceneObject(pair[0], pair[1], size, row, col, float(dx), float(dy), angle)

@@ -325,7 +325,13 @@ def _merged(*layers: dict) -> dict:
 PRESETS: dict[str, dict] = {
     # The README's `minivlm demo`: about 10 minutes on 2 CPU cores.
     "demo": dict(
-        data=dict(image_size=64, worked_answers=True),
+        data=dict(
+            image_size=64,
+            worked_answers=True,
+            # shapes drawn four ways (minivlm.data.styles); a fifth, "plain", only evaluated
+            styles=["soft", "sharp", "spiky", "rounded"],
+            held_out_style="plain",
+        ),
         model=dict(
             patch_size=8,
             d_model=128,

@@ -87,21 +87,26 @@ def test_reference_preset_is_a_red_square_centred_on_plain_white_with_chinese_te
 
 
 @pytest.mark.parametrize("image_size", [24, 64, 100, 224])
-def test_coverage_drawn_in_a_box_around_each_object_equals_drawing_the_whole_image(image_size):
-    """Each object is drawn on a canvas only a pixel wider than its outline; the same
-    object drawn on a canvas of the whole (supersampled) image covers the same pixels
-    by the same amounts, and nothing outside that box."""
+@pytest.mark.parametrize("style", ["soft", "rotated", "outline", "sharp", "rounded"])
+def test_coverage_drawn_in_a_box_around_each_object_equals_drawing_the_whole_image(
+    image_size, style
+):
+    """Each object is drawn on a canvas only a pixel wider than its outline (turned ones
+    included); the same object drawn on a canvas of the whole (supersampled) image covers
+    the same pixels by the same amounts, and nothing outside that box."""
     from PIL import Image, ImageDraw
 
     from minivlm.data import object_coverage
-    from minivlm.data.render import GRID, SUPERSAMPLE, _draw_shape
+    from minivlm.data.render import GRID, _draw_shape
+    from minivlm.data.styles import STYLES
 
-    config = SceneConfig(image_size=image_size, max_objects=5)
-    big = image_size * SUPERSAMPLE
-    for index in range(60):
+    config = SceneConfig(image_size=image_size, max_objects=5, styles=(style,))
+    scale = STYLES[style].supersample
+    big = image_size * scale
+    for index in range(30):
         scene = make_scene(config, "train", 1, index)
         for obj, coverage in zip(scene.objects, object_coverage(scene, image_size), strict=True):
             canvas = Image.new("L", (big, big), 0)
-            _draw_shape(ImageDraw.Draw(canvas), obj, big / GRID, (0, 0))
-            whole = np.asarray(canvas.reduce(SUPERSAMPLE), dtype=np.float32) / 255.0
+            _draw_shape(ImageDraw.Draw(canvas), obj, big / GRID, (0, 0), STYLES[style])
+            whole = np.asarray(canvas.reduce(scale) if scale > 1 else canvas, np.float32) / 255
             np.testing.assert_array_equal(coverage, whole)
