@@ -88,13 +88,16 @@ def _check_float(name: str, value: object, low: float, high: float) -> None:
 
 def _checked_styles(styles: object, held_out: object) -> tuple[str, ...]:
     """The styles as a tuple of known names, none repeated, the held-out one not among them."""
-    if not _is_sequence(styles) or not styles or not all(s in STYLES for s in styles):
+    known = [isinstance(s, str) and s in STYLES for s in styles] if _is_sequence(styles) else []
+    if not known or not all(known):
         raise ValueError(
             f"SceneConfig.styles: expected a non-empty list of {sorted(STYLES)}, got {styles!r}"
         )
     if len(set(styles)) != len(styles):
         raise ValueError(f"SceneConfig.styles: expected each style once, got {styles!r}")
-    if held_out != "" and (held_out not in STYLES or held_out in styles):
+    if held_out != "" and (
+        not isinstance(held_out, str) or held_out not in STYLES or held_out in styles
+    ):
         raise ValueError(
             f"SceneConfig.held_out_style: expected '' or a style of {sorted(STYLES)} not in "
             f"styles {list(styles)}, got {held_out!r}"
