@@ -18,6 +18,7 @@ from minivlm.data.vocabulary import (
 
 # "style": training pairs drawn in the held-out style (see minivlm.data.styles)
 SPLITS: tuple[str, ...] = ("train", "iid", "heldout", "style")
+COUNT_WORKINGS: tuple[str, ...] = ("shape", "objects")  # see questions.answer_text
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class SceneConfig:
     language: str = "en"
     attribute_order: tuple[str, ...] = ATTRIBUTES
     worked_answers: bool = False
+    count_working: str = "shape"  # with worked_answers: "shape" or "objects" (questions.py)
     styles: tuple[str, ...] = (DEFAULT_STYLE,)
     held_out_style: str = ""
 
@@ -54,6 +56,11 @@ class SceneConfig:
         if self.language not in LANGUAGES:
             raise ValueError(
                 f"SceneConfig.language: expected one of {sorted(LANGUAGES)}, got {self.language!r}"
+            )
+        if self.count_working not in COUNT_WORKINGS:
+            raise ValueError(
+                f"SceneConfig.count_working: expected one of {COUNT_WORKINGS}, "
+                f"got {self.count_working!r}"
             )
         if not isinstance(self.worked_answers, bool):
             raise ValueError(

@@ -53,15 +53,21 @@ class QA:
     qa_type: str
     # what a worked answer says first: a relation's two columns or rows, a count's shape
     working: str = ""
+    # a count of one shape's other working: each object of that shape, colour and shape
+    # ("red star, blue star"), or the shape alone when there is none
+    listed: str = ""
 
 
 def answer_text(qa: QA, config: SceneConfig) -> str:
     """The answer as trained: with config.worked_answers and a working, the working and
-    then the answer ("red circle left to blue square right so yes"), else the answer alone."""
+    then the answer ("red circle left to blue square right so yes"), else the answer alone.
+    A count of one shape's working is the shape ("star so two"), or with
+    config.count_working "objects" each object counted ("red star, blue star so two")."""
     if not (config.worked_answers and qa.working):
         return qa.answer
     table = get_language(config.language)
-    return table.worked_answer.format(working=qa.working, answer=qa.answer)
+    working = qa.listed if qa.listed and config.count_working == "objects" else qa.working
+    return table.worked_answer.format(working=working, answer=qa.answer)
 
 
 def available_qa_types(config: SceneConfig) -> tuple[str, ...]:
@@ -272,7 +278,13 @@ def _count_questions(scene: Scene, table: Language) -> list[QA]:
     for shape in SHAPES:
         n = sum(obj.shape == shape for obj in scene.objects)
         text = table.questions["count_shape"].format(plural=shape_plural(table, shape))
-        questions.append(QA(text, table.counts[n], "count", working=table.shapes[shape]))
+        objects = [
+            table.word_gap.join((table.colours[obj.colour], table.shapes[shape]))
+            for obj in scene.objects
+            if obj.shape == shape
+        ]
+        listed = table.list_separator.join(objects) or table.shapes[shape]
+        questions.append(QA(text, table.counts[n], "count", table.shapes[shape], listed))
     return questions
 
 

@@ -42,7 +42,7 @@ DEFAULT_MODEL = dict(
 FLAGS: tuple[str, ...] = tuple(
     """
     image_size max_objects language attribute_order
-    task qa_fraction qa_start qa_format worked_answers questions_per_image
+    task qa_fraction qa_start qa_format worked_answers count_working questions_per_image
     corrupt_attributes greyscale_captions loss_weighting answer_weight
     patch_size d_model n_heads n_encoder_layers n_blocks encoder_dropout max_len fusion norm
     token_lags

@@ -85,6 +85,29 @@ def test_a_count_of_one_shape_first_says_the_shape():
     assert plain["how many circles are there?"] == "one"
 
 
+def test_a_count_of_one_shape_can_name_each_object_it_counts():
+    scene = Scene(
+        (
+            SceneObject("red", "star", "small", 0, 0),
+            SceneObject("blue", "square", "large", 1, 2),
+            SceneObject("green", "star", "large", 2, 1),
+        )
+    )
+    listing = SceneConfig(image_size=32, worked_answers=True, count_working="objects")
+    worked = {qa.question: answer_text(qa, listing) for qa in questions_of_type(scene, "count")}
+    assert worked["how many stars are there?"] == "red star, green star so two"
+    assert worked["how many squares are there?"] == "blue square so one"
+    assert worked["how many crosses are there?"] == "cross so zero"  # nothing to name
+    assert worked["how many objects are there?"] == "three"
+    zh = SceneConfig(language="zh", worked_answers=True, count_working="objects")
+    chinese = {
+        qa.question: answer_text(qa, zh) for qa in questions_of_type(scene, "count", "zh")
+    }
+    assert chinese["有几个星形？"] == "红色星形，绿色星形，所以两个"
+    with pytest.raises(ValueError, match="SceneConfig.count_working: expected one of"):
+        SceneConfig(count_working="each")
+
+
 @pytest.mark.parametrize("qa_type", [t for t in QA_TYPES if t not in ("relation", "count")])
 def test_other_question_types_answer_directly(qa_type):
     for qa in questions_of_type(SCENE, qa_type):
