@@ -90,13 +90,12 @@ def format_ranks_table(report: dict, machine: str) -> str:
 def _worker(model: str, steps: int, warmup: int) -> None:
     """Under mpiexec: train `warmup` + `steps` steps of preset `model`; rank 0 prints JSON."""
     from ..train import Trainer, preset
-    from ..train.distributed import FlatGradients, process_group
+    from ..train.distributed import process_group
 
     config = preset(model, steps=steps + warmup, warmup_steps=1, progress=False)
     group = process_group(config.device, config.rank_timeout)
     trainer = Trainer.create(config, group)
-    if group.size > 1:
-        trainer._gradients = FlatGradients(list(trainer.model.parameters()))
+    trainer.share_weights()
     corruption, greyscale = trainer.augmentations()
     stream = trainer.stream()
     for step in range(warmup + steps):

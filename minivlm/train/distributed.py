@@ -129,6 +129,9 @@ class NCCLGroup(MPIGroup):
         stream.synchronize()
 
 
+ProcessGroup = SingleProcess | MPIGroup  # NCCLGroup is an MPIGroup
+
+
 def launched_ranks() -> int:
     """How many ranks the launcher started (1 when run on its own)."""
     for name in SIZE_VARIABLES:
@@ -137,7 +140,7 @@ def launched_ranks() -> int:
     return 1
 
 
-def process_group(device: str = "cpu", timeout: float = 300.0):
+def process_group(device: str = "cpu", timeout: float = 300.0) -> ProcessGroup:
     """The group this process belongs to: SingleProcess, MPIGroup or, on GPUs, NCCLGroup."""
     if launched_ranks() == 1:
         return SingleProcess()

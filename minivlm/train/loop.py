@@ -45,7 +45,13 @@ from .checkpoint import (
     save_training_checkpoint,
 )
 from .config import LOSS_WEIGHTINGS, TrainConfig
-from .distributed import FlatGradients, RankTimeout, SingleProcess, process_group
+from .distributed import (
+    FlatGradients,
+    ProcessGroup,
+    RankTimeout,
+    SingleProcess,
+    process_group,
+)
 from .folder_data import FolderSplit, FolderStream, folder_tokenizer
 
 
@@ -116,11 +122,11 @@ class Trainer:
     skipped_steps: list[int] = field(default_factory=list)  # not applied: NaN or inf
     _folder: FolderSplit | None = None  # with config.data_dir, made on first use
     # the ranks training together (see distributed.py); SingleProcess when alone
-    group: SingleProcess = field(default_factory=SingleProcess)
+    group: ProcessGroup = field(default_factory=SingleProcess)
     _gradients: FlatGradients | None = None  # with several ranks: the allreduce's buffer
 
     @classmethod
-    def create(cls, config: TrainConfig, group=None) -> Trainer:
+    def create(cls, config: TrainConfig, group: ProcessGroup | None = None) -> Trainer:
         group = group or SingleProcess()
         if config.batch_size % group.size:
             raise ValueError(
@@ -212,9 +218,7 @@ class Trainer:
             part.backward()  # gradients add up across the groups
             loss += part.item()
         if self.group.size > 1:  # sum the ranks' shares: the whole batch's gradient and loss
-            if self._gradients is None:
-                self._gradients = FlatGradients(list(self.model.parameters()))
-            loss = self._gradients.allreduce(self.group, loss, self.step + 1)
+            loss = self._flat_gradients().allreduce(self.group, loss, self.step + 1)
         norm = clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise NonFiniteError(
@@ -224,6 +228,17 @@ class Trainer:
         self.schedule.step()
         self.step += 1
         return loss
+
+    def share_weights(self) -> None:
+        """Every rank's weights become rank 0's (they are already equal when all ranks
+        started from one seed; this makes sure of it, and costs one broadcast)."""
+        if self.group.size > 1:
+            self._flat_gradients().broadcast_weights(self.group)
+
+    def _flat_gradients(self) -> FlatGradients:
+        if self._gradients is None:
+            self._gradients = FlatGradients(list(self.model.parameters()))
+        return self._gradients
 
     def augmentations(self) -> tuple[AttributeCorruption, GreyscaleCaptions]:
         """What train_step applies to each batch (rate 0: nothing)."""
@@ -301,7 +316,7 @@ def train(
     resume: bool = False,
     stop_at: int | None = None,
     overwrite: bool = False,
-    group=None,
+    group: ProcessGroup | None = None,
 ) -> Trainer:
     """Train to config.steps (or to `stop_at`, as if interrupted there); returns the trainer.
 
@@ -323,9 +338,7 @@ def train(
         trainer = Trainer.create(config, group)
         if resume:
             load_training_state(out, trainer, None if lead else lambda text: None)
-        if group.size > 1:
-            trainer._gradients = FlatGradients(list(trainer.model.parameters()))
-            trainer._gradients.broadcast_weights(group)
+        trainer.share_weights()
         if lead:
             run_folder.truncate_log(out, trainer.step)
         anomaly = detect_anomaly() if config.detect_anomaly else contextlib.nullcontext()
