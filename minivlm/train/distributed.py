@@ -108,7 +108,7 @@ class NCCLGroup(MPIGroup):
         import cupy
         from cupy.cuda import nccl
 
-        cupy.cuda.Device(self.rank % cupy.cuda.runtime.getDeviceCount()).use()
+        cupy.cuda.Device(self.local_rank % cupy.cuda.runtime.getDeviceCount()).use()  # a GPU a rank
         unique_id = nccl.get_unique_id() if self.rank == 0 else None
         unique_id = self.comm.bcast(unique_id, root=0)
         self.nccl, self.cupy = nccl, cupy
