@@ -143,3 +143,18 @@ def test_the_ranks_benchmark_reports_samples_per_second_and_efficiency(tmp_path,
     rows = json.loads((tmp_path / "train_ranks.json").read_text())["rows"]
     assert [row["ranks"] for row in rows] == [1, 2]
     assert rows[0]["efficiency"] == 1.0 and rows[1]["samples_per_s"] > 0
+
+
+def test_the_demo_on_two_ranks_trains_together_and_rank_0_alone_reports(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}
+    out = tmp_path / "demo"
+    command = "from minivlm.cli.main import main; raise SystemExit(main())"
+    result = subprocess.run(
+        [MPIEXEC, "-n", "2", sys.executable, "-c", command,
+         "demo", "--preset", "tiny", "--out-dir", str(out)],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("minivlm demo: training") == 1  # rank 0 speaks, once
+    assert "on 2 ranks" in result.stdout
+    assert json.loads((out / "metrics.json").read_text())["metrics"]["iid/exact_match"] >= 0
