@@ -41,6 +41,7 @@ def test_a_folder_run_resumes_exactly_and_validates_on_held_out_rows(folder, tmp
     train(_config(folder, tmp_path / "split", **settings), stop_at=3)
     resumed = train(_config(folder, tmp_path / "split", **settings), resume=True)
     assert resumed.step == 6
+    assert resumed.folder is resumed.folder  # built once, with the checkpoint's vocabulary
     assert _losses(tmp_path / "split") == _losses(tmp_path / "whole")
     for name, value in whole.model.state_dict().items():
         np.testing.assert_array_equal(resumed.model.state_dict()[name], value, err_msg=name)

@@ -162,13 +162,7 @@ def evaluate_checkpoint(
         scenes,
         EvalConfig(captions, questions, device=device, qa_format=loaded.qa_format),
     )
-    broken = [name for name, value in results.items() if not math.isfinite(value)]
-    if broken:
-        raise NoResult(f"evaluating {checkpoint} gave NaN or inf for {broken}")
-    print(format_table(results))
-    if json_path is not None:
-        atomic_write_bytes(Path(json_path), json.dumps(results, indent=1).encode())
-    return results
+    return _report(results, str(checkpoint), format_table(results), json_path)
 
 
 def evaluate_checkpoint_on_folder(
@@ -178,11 +172,19 @@ def evaluate_checkpoint_on_folder(
     loaded = load_checkpoint(checkpoint, device)
     dataset = FolderDataset(data, loaded.model.config.image_size, tokenizer=loaded.tokenizer)
     results = evaluate_folder(loaded.model, loaded.tokenizer, dataset, device=device)
+    table = "\n".join(
+        f"{name:32s}{value:12.3f}" if isinstance(value, float) else f"{name:32s}{value:12d}"
+        for name, value in results.items()
+    )
+    return _report(results, f"{checkpoint} on {data}", table, json_path)
+
+
+def _report(results: dict, what: str, table: str, json_path: Path | None) -> dict:
+    """Print the metrics' table and write them as JSON; NaN or inf in any is NoResult."""
     broken = [name for name, value in results.items() if not math.isfinite(value)]
     if broken:
-        raise NoResult(f"evaluating {checkpoint} on {data} gave NaN or inf for {broken}")
-    for name, value in results.items():
-        print(f"{name:32s}{value:12.3f}" if isinstance(value, float) else f"{name:32s}{value:12d}")
+        raise NoResult(f"evaluating {what} gave NaN or inf for {broken}")
+    print(table)
     if json_path is not None:
         atomic_write_bytes(Path(json_path), json.dumps(results, indent=1).encode())
     return results

@@ -50,6 +50,7 @@ def folder_tokenizer(data_dir: str | os.PathLike, image_size: int) -> Tokenizer:
 class FolderSplit:
     """The rows a run trains on and the rows it validates on (indices into each dataset)."""
 
+    tokenizer: Tokenizer  # what every row is encoded by
     train: FolderDataset
     train_rows: np.ndarray  # (N_train,) int
     val: FolderDataset
@@ -64,7 +65,7 @@ class FolderSplit:
             train = FolderDataset(config.data_dir, size, tokenizer=tokenizer)
         if config.val_data_dir:
             val = FolderDataset(config.val_data_dir, size, tokenizer=tokenizer)
-            return cls(train, np.arange(len(train)), val, np.arange(len(val)))
+            return cls(tokenizer, train, np.arange(len(train)), val, np.arange(len(val)))
         order = np.random.default_rng([config.seed, 11]).permutation(len(train))
         held = int(round(config.val_fraction * len(train)))
         if held >= len(train):
@@ -72,7 +73,7 @@ class FolderSplit:
                 f"--val-fraction {config.val_fraction}: holds out all {len(train)} rows of "
                 f"{config.data_dir}; expected some left to train on"
             )
-        return cls(train, np.sort(order[held:]), train, np.sort(order[:held]))
+        return cls(tokenizer, train, np.sort(order[held:]), train, np.sort(order[:held]))
 
     def val_batches(self, batch_size: int, batches: int, max_len: int) -> list[Batch]:
         """Up to `batches` batches of the validation rows, in order (fixed: comparable)."""

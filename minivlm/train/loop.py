@@ -158,7 +158,7 @@ class Trainer:
     def folder(self) -> FolderSplit:
         """A folder run's rows, encoded by the trainer's tokenizer (a resumed run's is its
         checkpoint's)."""
-        if self._folder is None or self._folder.train.tokenizer is not self.tokenizer:
+        if self._folder is None or self._folder.tokenizer is not self.tokenizer:
             self._folder = FolderSplit.from_config(self.config, self.tokenizer)
         return self._folder
 
