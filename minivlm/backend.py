@@ -8,6 +8,7 @@ so one piece of code runs on both. CuPy is imported only when a CUDA array or th
 from __future__ import annotations
 
 import ctypes
+import os
 
 import numpy as np
 
@@ -129,3 +130,10 @@ def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <<
     return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(
         libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
     )
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -35,6 +35,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..backend import usable_cores
+
 Clock = Callable[[Callable[[], object]], float]
 SETTLE_S = 0.2  # idle before each pool's timing, for the previous pool's threads to sleep
 
@@ -240,7 +242,7 @@ def machine_facts() -> dict:
         "command": shlex.join(["minivlm", *sys.argv[1:]]) if "bench" in sys.argv else "(python)",
         "platform": platform.platform(),
         "cpu_model": cpu_model(),
-        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1,
+        "cpu_cores": usable_cores(),
         "blas_threads": blas_threads,
         "blas": blas,
         "torch_threads": torch_threads,

@@ -24,9 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+from ..backend import usable_cores
 
 
 def mpiexec() -> str:
@@ -41,7 +39,7 @@ def mpiexec() -> str:
 
 def run_once(ranks: int, model: str, steps: int, warmup: int) -> dict:
     """One `mpiexec -n ranks` run of the worker below: its rank 0's timing."""
-    threads = str(max(1, cores() // ranks))
+    threads = str(max(1, usable_cores() // ranks))
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}
     environment |= {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
     worker = [sys.executable, "-m", "minivlm.bench.ranks", model, str(steps), str(warmup)]
@@ -67,7 +65,7 @@ def run_ranks(counts: list[int], model: str, steps: int, warmup: int, blocks: in
     base = rows[0]["samples_per_s"] if counts[0] == 1 else None
     for row in rows:
         row["efficiency"] = base and row["samples_per_s"] / base
-    return {"model": model, "steps": steps, "warmup": warmup, "cores": cores(), "rows": rows}
+    return {"model": model, "steps": steps, "warmup": warmup, "cores": usable_cores(), "rows": rows}
 
 
 def format_ranks_table(report: dict, machine: str) -> str:

@@ -75,7 +75,6 @@ from __future__ import annotations
 import contextvars
 import functools
 import math
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -83,6 +82,8 @@ from functools import cached_property
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
+
+from ..backend import usable_cores
 
 FLOAT_DTYPES = (np.float32, np.float64)
 # Default tile sizes: queries per tile (the tile's columns) and keys per tile (its rows);
@@ -601,7 +602,7 @@ def _check_blocks(block_q, block_k, causal: bool) -> tuple[int, int]:
 
 def _check_workers(workers) -> int:
     if workers is None:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        return usable_cores()
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise ValueError(f"workers must be a positive int or None, got {workers!r}")
     return int(workers)
