@@ -83,8 +83,12 @@ class MPIGroup:
         self._wait(self.comm.Ibarrier(), what)
 
     def abort(self, message: str) -> None:
+        """Say why, then leave at once with status 1; mpiexec then stops the other ranks.
+        Not MPI_Abort, whose kill can overtake the message on its way out through
+        mpiexec (seen: a job that ended with status 1 and printed nothing), and not a
+        normal exit, whose MPI_Finalize would wait on the collective that never ends."""
         print(f"minivlm train (rank {self.rank}): error: {message}", file=sys.stderr, flush=True)
-        self.comm.Abort(1)
+        os._exit(1)
 
     def _wait(self, request, what: str) -> None:
         """Poll until done; sleep between polls (from 20 us up to 2 ms) to leave the
