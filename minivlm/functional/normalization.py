@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from ..autograd import Function, Tensor
@@ -25,37 +26,51 @@ class LayerNorm(Function):
         self.fused_cuda = is_cupy(xp) and self.has_weight and self.has_bias
         if self.fused_cuda:
             return self._forward_cuda(x, *affine)
-        mean = x.mean(axis=-1, keepdims=True)                 # (R, 1)
-        xc = x - mean                                         # (R, C)
+        width = x.shape[-1]
+        # Every row reduction is a BLAS product with a constant vector, which runs on all
+        # cores, where x.mean(axis=-1) loops on one: x @ by_row = x.mean(axis=-1).
+        by_row = xp.full(width, 1 / width, x.dtype)           # (C,)
+        xc = x - (x @ by_row)[:, None]                        # (R, C)
         # mean is off by its rounding error (~ulp(1e4) in float32, a tenth of a 1e-2
         # spread); x - mean is exact for x near mean, so the mean of xc finds that error
-        xc -= xc.mean(axis=-1, keepdims=True)
-        var = (xc * xc).mean(axis=-1, keepdims=True)          # (R, 1), biased like PyTorch
-        rstd = 1.0 / xp.sqrt(var + self.eps)                  # (R, 1)
-        xhat = xc * rstd                                      # (R, C)
+        xc -= (xc @ by_row)[:, None]
+        var = xp.einsum("rc,rc->r", xc, xc) / width           # (R,), biased like PyTorch
+        rstd = (1 / xp.sqrt(var + self.eps))[:, None]         # (R, 1)
+        xhat = xp.multiply(xc, rstd, out=xc)                  # (R, C)
         weight = affine[0] if self.has_weight else None
         self.save(xhat, rstd, weight)
-        y = xhat * weight if self.has_weight else xhat
+        if not self.has_weight:
+            return xhat + affine[-1] if self.has_bias else xhat
+        y = xhat * weight
         if self.has_bias:
-            y = y + affine[-1]                                # not +=: y may be the saved xhat
+            y += affine[-1]
         return y
 
     def backward(self, dy):                                   # dy (R, C)
         if self.fused_cuda:
             return self._backward_cuda(dy)
         xhat, rstd, weight = self.saved
-        grads = []
-        # forward was y = xhat * w + b
-        dxhat = dy * weight if self.has_weight else dy        # (R, C)
+        xp = get_array_module(dy)
+        by_row = xp.full(dy.shape[-1], 1 / dy.shape[-1], dy.dtype)  # (C,), as in forward
+        # forward was y = xhat * w + b; dxhat is a new array, turned into dx in place below
+        dxhat = dy * weight if self.has_weight else dy.copy()  # (R, C)
         # xhat = (x - mean) * rstd, so three terms:
-        dx = rstd * (dxhat                                    # 1: direct
-                     - dxhat.mean(axis=-1, keepdims=True)     # 2: through mean
-                     - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))  # 3: through rstd
-        grads.append(dx)
+        #   dx = rstd * (dxhat                                1: direct
+        #                - mean(dxhat)                        2: through mean
+        #                - xhat * mean(dxhat * xhat))         3: through rstd
+        through_mean = (dxhat @ by_row)[:, None]              # (R, 1)
+        through_rstd = xp.einsum("rc,rc->r", dxhat, xhat)[:, None] / dy.shape[-1]  # (R, 1)
+        dx = dxhat
+        dx -= through_mean
+        dx -= xhat * through_rstd
+        dx *= rstd
+        grads = [dx]
+        # dw and db sum over rows: a product with a row of ones
+        ones = xp.ones(dy.shape[0], dy.dtype)                 # (R,)
         if self.has_weight:
-            grads.append((dy * xhat).sum(axis=0))             # dw (C,)
+            grads.append(ones @ (dy * xhat))                  # dw (C,)
         if self.has_bias:
-            grads.append(dy.sum(axis=0))                      # db (C,)
+            grads.append(ones @ dy)                           # db (C,)
         return tuple(grads)
 
     def _forward_cuda(self, x, weight, bias):
@@ -101,9 +116,9 @@ def layer_norm(
             raise ValueError(
                 f"layer_norm: {name} has shape {param.shape}, expected {normalized_shape}"
             )
-    width = 1
-    for n in normalized_shape:
-        width *= n
+    width = math.prod(normalized_shape)
+    if width == 0:
+        raise ValueError(f"layer_norm: normalized_shape {normalized_shape} has no elements")
     affine = [reshape(p, (width,)) for p in (weight, bias) if p is not None]
     fn = LayerNorm(eps, weight is not None, bias is not None)
     y = fn(reshape(x, (-1, width)), *affine)

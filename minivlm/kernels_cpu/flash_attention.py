@@ -322,12 +322,12 @@ def flash_attention_forward(
     causal: query i sees key j iff j <= i + (Lk - Lq).
     workers: threads sharing the (batch, head) pairs; None: one per CPU core.
     Returns out (B, H, Lq, d) and lse (B, H, Lq), in the inputs' dtype. A row with no valid
-    key gets out = 0 and lse = -inf.
+    key gets out = 0 and lse = -inf. out is laid out as heads_of_tokens says.
     """
     visibility = _check_inputs(q, k, v, causal=causal, key_lengths=key_lengths)
     block_q, block_k = _check_blocks(block_q, block_k, causal)
     layout = _Layout.of(q, k, visibility, block_q, block_k, _check_workers(workers))
-    out = np.zeros(q.shape, q.dtype)  # (B, H, Lq, d)  rows with no valid key stay 0 ...
+    out = heads_of_tokens(np.zeros(q.size, q.dtype), q.shape)  # rows with no valid key stay 0 ...
     lse = np.full(q.shape[:3], -np.inf, q.dtype)  # (B, H, Lq)  ... and -inf
 
     def forward_share(share: list[tuple[slice, slice]]) -> None:
@@ -430,11 +430,12 @@ def flash_attention_backward(
     _check_saved(q, out=out, lse=lse, d_out=d_out)
     block_q, block_k = _check_blocks(block_q, block_k, causal)
     layout = _Layout.of(q, k, visibility, block_q, block_k, _check_workers(workers))
-    # dq, dk, dv: views of one zeroed allocation (one allocation, few page faults)
+    # dq, dk, dv: views of one zeroed allocation (one allocation, few page faults), laid
+    # out as heads_of_tokens says
     grads = np.zeros(q.size + k.size + v.size, q.dtype)
-    dq = grads[: q.size].reshape(q.shape)  # (B, H, Lq, d)
-    dk = grads[q.size : q.size + k.size].reshape(k.shape)  # (B, H, Lk, d)
-    dv = grads[q.size + k.size :].reshape(v.shape)  # (B, H, Lk, d)
+    dq = heads_of_tokens(grads[: q.size], q.shape)  # (B, H, Lq, d)
+    dk = heads_of_tokens(grads[q.size : q.size + k.size], k.shape)  # (B, H, Lk, d)
+    dv = heads_of_tokens(grads[q.size + k.size :], v.shape)  # (B, H, Lk, d)
 
     def backward_share(share: list[tuple[slice, slice]]) -> None:
         scratch = layout.backward_scratch(q.dtype)
@@ -540,6 +541,18 @@ class _Scratch:
         """A C-contiguous array of `shape` on the front of the named buffer: a buffer sized
         for the largest tile also serves the smaller last ones."""
         return self._buffers[name][: math.prod(shape)].reshape(shape)
+
+
+def heads_of_tokens(memory: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """The (B, H, L, d) array `shape` on the 1-D `memory`, laid out as (B, L, H, d).
+
+    That is the layout of heads split from (B, L, H d) activations (a reshape and a
+    transpose, no copy), so the outputs and gradients written here go back to (B, L, H d)
+    as a view too: merging the heads of out, and the split's backward of dq, dk and dv,
+    copy nothing. The kernels read and write any strides.
+    """
+    batch, heads, length, head_dim = shape
+    return memory.reshape(batch, length, heads, head_dim).transpose(0, 2, 1, 3)
 
 
 def _with_column(x: np.ndarray, column, *, out: np.ndarray) -> np.ndarray:
