@@ -46,7 +46,7 @@ def _mixed_batch(tok, copies=4):
 
 def test_attribute_corruption_changes_only_attribute_words_and_is_a_function_of_the_step(tok):
     words = {"colour": ["red", "blue", "green"], "shape": ["circle", "square"]}
-    corrupt = AttributeCorruption(tok, words, rate=0.9)
+    corrupt = AttributeCorruption(tok, words, rate=0.9, width=64)
     batch = collate([_caption_example(tok, CAPTION)] * 4)
     inputs = batch.inputs
     out = corrupt(inputs, batch.targets, batch.answers, step=3)
@@ -61,7 +61,7 @@ def test_attribute_corruption_changes_only_attribute_words_and_is_a_function_of_
 def test_attribute_corruption_never_touches_a_question_row(tok):
     """Neither the question nor, in a described question, the caption the answer is read
     from: only caption rows are corrupted."""
-    corrupt = AttributeCorruption(tok, {"colour": ["red", "blue"]}, rate=0.99)
+    corrupt = AttributeCorruption(tok, {"colour": ["red", "blue"]}, rate=0.99, width=64)
     batch = _mixed_batch(tok)
     out = corrupt(batch.inputs, batch.targets, batch.answers, step=0)
     question_rows = batch.answers.any(axis=1)
@@ -122,3 +122,29 @@ def test_greyscale_colour_ids_of_a_character_tokenizer_cover_every_colour_charac
     augment = GreyscaleCaptions(trainer.tokenizer, colours, 1.0, 0)
     characters = {trainer.tokenizer.ids[c] for word in colours for c in word}
     assert set(augment.colour_ids.tolist()) == characters
+
+
+def test_a_rows_augmentation_does_not_depend_on_the_other_rows_or_the_padding(tok):
+    """A rank that built only its rows (padded to their own longest) augments them as one
+    process augments them in the whole batch."""
+    long_caption = CAPTION + " and a small green circle at the bottom right"
+    examples = [_caption_example(tok, text) for text in [long_caption, CAPTION] * 4]
+    whole, rows = collate(examples), np.array([5, 7])
+    mine = collate([examples[i] for i in rows])
+    assert mine.inputs.shape[1] < whole.inputs.shape[1]  # padded differently
+    corrupt = AttributeCorruption(tok, {"colour": ["red", "blue", "green"]}, 0.5, width=64)
+    everyone = corrupt(whole.inputs, whole.targets, whole.answers, step=4)
+    alone = corrupt(mine.inputs, mine.targets, mine.answers, step=4, rows=rows)
+    assert (alone != mine.inputs).any()
+    np.testing.assert_array_equal(alone, everyone[rows, : mine.inputs.shape[1]])
+    grey = _greyscale(tok, rate=0.5)
+    np.testing.assert_array_equal(
+        grey(mine, step=4, rows=rows).images, grey(whole, step=4).images[rows]
+    )
+
+
+def test_attribute_corruption_refuses_rows_longer_than_its_width(tok):
+    batch = collate([_caption_example(tok, CAPTION)])
+    corrupt = AttributeCorruption(tok, {"colour": ["red"]}, 0.5, width=4)
+    with pytest.raises(ValueError, match="width 4"):
+        corrupt(batch.inputs, batch.targets, batch.answers, step=0)

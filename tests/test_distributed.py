@@ -128,8 +128,8 @@ def test_one_process_is_its_own_group_and_the_flat_buffer_round_trips():
         p.grad = rng.standard_normal(p.data.shape).astype(np.float32)
     params[0].grad = None  # a parameter no loss reached
     gradients = [None if p.grad is None else p.grad.copy() for p in params]
-    loss = FlatGradients(params).allreduce(SingleProcess(), 2.5, step=1)
-    assert loss == 2.5 and params[0].grad is None
+    loss, total = FlatGradients(params).allreduce(SingleProcess(), 2.5, 700.0, step=1)
+    assert (loss, total) == (2.5, 700.0) and params[0].grad is None
     for p, g in zip(params[1:], gradients[1:], strict=True):
         np.testing.assert_array_equal(p.grad, g)
 

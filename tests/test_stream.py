@@ -49,3 +49,16 @@ def test_a_workers_error_reaches_the_caller():
 def test_bad_worker_count_is_named(workers):
     with pytest.raises(ValueError, match="workers"):
         list(stream_batches(_stream(), 0, 1, workers=workers))
+
+
+def test_a_ranks_rows_are_the_whole_batchs_rows_padded_to_their_own_longest():
+    stream = _stream(batch_size=8, qa_start_step=0)
+    whole, rows = stream.batch(5), np.array([5, 6, 7])
+    mine = stream.batch(5, rows)
+    width = mine.inputs.shape[1]
+    assert width == mine.lengths.max() <= whole.inputs.shape[1]
+    np.testing.assert_array_equal(mine.images, whole.images[rows])
+    np.testing.assert_array_equal(mine.lengths, whole.lengths[rows])
+    for name in ("inputs", "targets", "answers"):
+        np.testing.assert_array_equal(getattr(mine, name), getattr(whole, name)[rows, :width])
+    _assert_same(next(stream_batches(stream, 5, 6, rows=rows)), mine)

@@ -319,7 +319,7 @@ def test_a_step_in_length_groups_equals_a_step_on_the_whole_padded_batch(monkeyp
     grouped, whole = Trainer.create(config), Trainer.create(config)
     batch = grouped.batch(0)
     assert len(length_groups(batch.lengths)) == 2
-    corruption = AttributeCorruption(grouped.tokenizer, {}, rate=0.0)
+    corruption = AttributeCorruption(grouped.tokenizer, {}, rate=0.0, width=64)
     loss_grouped = grouped.train_step(batch, corruption)
     monkeypatch.setattr(train_module, "length_groups", lambda lengths: [np.arange(len(lengths))])
     loss_whole = whole.train_step(batch, corruption)

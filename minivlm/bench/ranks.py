@@ -100,7 +100,7 @@ def _worker(model: str, steps: int, warmup: int) -> None:
         if step == warmup:
             group.barrier("the timing's start")
             started = time.perf_counter()
-        trainer.train_step(stream.batch(step), corruption, greyscale)
+        trainer.train_step(stream.batch(step, trainer.my_rows()), corruption, greyscale)
     seconds = time.perf_counter() - started
     if group.rank == 0:
         rate = steps * config.batch_size / seconds

@@ -1,5 +1,6 @@
 """The training stream: batch s is a pure function of s, so it can be built in the
-training process or ahead of time in worker processes with the same result.
+training process or ahead of time in worker processes with the same result, and each
+example of it is a pure function of its place, so a rank builds only its own rows.
 
 Workers overlap rendering (about 40 ms for 64 scenes of 64 px) with the model's
 step. They are spawned, not forked: a forked child would inherit CUDA state and
@@ -13,6 +14,8 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+
+import numpy as np
 
 from minivlm.data.batching import Batch, collate
 from minivlm.data.config import SceneConfig
@@ -40,7 +43,9 @@ class TrainingStream:
     questions_per_image: int = 1
     max_len: int | None = None  # longest allowed token sequence, <bos> and <eos> included
 
-    def batch(self, step: int) -> Batch:
+    def batch(self, step: int, rows: np.ndarray | None = None) -> Batch:
+        """Batch `step`, or only its `rows` (indices into it, in that order), padded to
+        their own longest."""
         task = "caption" if self.task == "mix" and step < self.qa_start_step else self.task
         data = SceneDataset(
             self.config,
@@ -53,29 +58,30 @@ class TrainingStream:
             self.qa_format,
             self.questions_per_image,
         )
+        rows = range(self.batch_size) if rows is None else rows
         first = step * self.batch_size
-        examples = [data[i] for i in range(first, first + self.batch_size)]
-        return collate(examples, max_len=self.max_len)
+        return collate([data[first + int(i)] for i in rows], max_len=self.max_len)
 
 
 def stream_batches(
-    stream: TrainingStream, start: int, end: int, workers: int = 0
+    stream: TrainingStream, start: int, end: int, workers: int = 0, rows: np.ndarray | None = None
 ) -> Iterator[Batch]:
-    """Batches start .. end-1 in order. workers > 0: built ahead, 2 per worker in flight."""
+    """Batches start .. end-1 in order, or their `rows` only. workers > 0: built ahead, 2
+    per worker in flight."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"stream_batches workers: expected an int >= 0, got {workers!r}")
     if workers == 0:
-        yield from (stream.batch(step) for step in range(start, end))
+        yield from (stream.batch(step, rows) for step in range(start, end))
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     try:
         ahead = range(start, min(start + 2 * workers, end))
-        pending = deque(pool.submit(stream.batch, step) for step in ahead)
+        pending = deque(pool.submit(stream.batch, step, rows) for step in ahead)
         next_step = ahead.stop
         while pending:
             batch = pending.popleft().result()  # a worker's exception is raised here
             if next_step < end:
-                pending.append(pool.submit(stream.batch, next_step))
+                pending.append(pool.submit(stream.batch, next_step, rows))
                 next_step += 1
             yield batch
     finally:

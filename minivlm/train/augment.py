@@ -1,7 +1,9 @@
 """Training-time augmentations of a batch: corrupted attribute words, greyscale captions.
 
-Both are functions of (batch, step), so a resumed run augments exactly as an
-uninterrupted one, and both touch caption rows only: a question row's words are the
+Both are functions of (batch, step, rows), so a resumed run augments exactly as an
+uninterrupted one, and each row's draws depend on its place in the global batch only
+(not on the other rows, nor on the padding): a rank that built only its rows augments
+them as one process would. Both touch caption rows only: a question row's words are the
 task itself, and in a described question (`qa_format="describe"`) its caption is the
 evidence that the answer is read from.
 """
@@ -32,27 +34,44 @@ class AttributeCorruption:
     model was trained to produce are touched (input t where target t-1 is trained).
     """
 
-    def __init__(self, tokenizer: Tokenizer, words_by_kind: dict[str, list[str]], rate: float):
-        self.rate = rate
+    def __init__(
+        self, tokenizer: Tokenizer, words_by_kind: dict[str, list[str]], rate: float, width: int
+    ):
+        self.rate, self.width = rate, width  # width: the longest row the batches can have
         self.groups = [
             np.array([tokenizer.ids[w] for w in words if w in tokenizer.ids])
             for words in words_by_kind.values()
         ]
 
     def __call__(
-        self, inputs: np.ndarray, targets: np.ndarray, answers: np.ndarray, step: int
+        self,
+        inputs: np.ndarray,
+        targets: np.ndarray,
+        answers: np.ndarray,
+        step: int,
+        rows: np.ndarray | None = None,
     ) -> np.ndarray:
-        """inputs, targets, answers: (B, T) as from `collate`; a corrupted copy of inputs."""
+        """inputs, targets, answers: (B, T) as from `collate`, rows `rows` of the global
+        batch (None: all of it); a corrupted copy of inputs."""
         if self.rate == 0.0:
             return inputs
+        batch, length = inputs.shape
+        if length > self.width:
+            raise ValueError(f"AttributeCorruption: rows of {length} tokens, width {self.width}")
+        rows = np.arange(batch) if rows is None else rows
         rng = np.random.default_rng([step, 7])  # a function of the step only: resumes exactly
+        # (row, position, group, [hit, pick]) for rows 0 .. the last of `rows`, at the fixed
+        # width: a row's draws are the same whatever rows and padding come with it
+        draws = rng.random((int(rows.max()) + 1, self.width, len(self.groups), 2))
+        draws = draws[rows, :length]  # (B, T, groups, 2)
         generated = np.zeros(inputs.shape, dtype=bool)  # (B, T): input t was target t-1
         generated[:, 1:] = targets[:, :-1] != IGNORE_INDEX
         generated &= caption_rows(answers)[:, None]
         corrupted = inputs.copy()
-        for ids in self.groups:
-            hit = generated & np.isin(inputs, ids) & (rng.random(inputs.shape) < self.rate)
-            corrupted[hit] = rng.choice(ids, size=int(hit.sum()))
+        for group, ids in enumerate(self.groups):
+            hit = generated & np.isin(inputs, ids) & (draws[..., group, 0] < self.rate)
+            picks = (draws[..., group, 1][hit] * len(ids)).astype(np.int64)  # uniform in ids
+            corrupted[hit] = ids[picks]
         return corrupted
 
 
@@ -76,12 +95,15 @@ class GreyscaleCaptions:
         ids = {i for word in colour_words for i in tokenizer.encode(word)}
         self.colour_ids = np.array(sorted(ids - {tokenizer.unk_id}), dtype=np.int64)
 
-    def __call__(self, batch: Batch, step: int) -> Batch:
-        """The batch with the chosen caption rows' images grey and colour targets ignored."""
+    def __call__(self, batch: Batch, step: int, rows: np.ndarray | None = None) -> Batch:
+        """The batch (rows `rows` of the global batch; None: all of it) with the chosen
+        caption rows' images grey and colour targets ignored."""
         if self.rate == 0.0:
             return batch
+        rows = np.arange(len(batch.images)) if rows is None else rows
         rng = np.random.default_rng([self.seed, step, self.STREAM])
-        rows = caption_rows(batch.answers) & (rng.random(len(batch.images)) < self.rate)  # (B,)
+        drawn = rng.random(int(rows.max()) + 1)[rows]  # (B,) one draw per global row
+        rows = caption_rows(batch.answers) & (drawn < self.rate)  # (B,)
         images = batch.images.copy()  # (B, 3, S, S)
         grey = np.tensordot(LUMA_WEIGHTS, images[rows], axes=(0, 1))  # (rows, S, S)
         images[rows] = grey[:, None]

@@ -180,17 +180,19 @@ def _share_cores(local_rank: int, local_size: int) -> None:
 
 class FlatGradients:
     """The parameters' gradients copied into one flat float32 buffer, reduced there in one
-    collective, and handed back as views of it; one more slot carries the step's loss."""
+    collective, and handed back as views of it; two more slots carry the step's loss and
+    its weight total (see Trainer.train_step)."""
 
     def __init__(self, params: list) -> None:
         self.params = params
         self.sizes = [p.data.size for p in params]
         self.ends = np.cumsum(self.sizes)  # (n_params,)
         xp = get_array_module(params[0].data)
-        self.buffer = xp.zeros(int(self.ends[-1]) + 1, dtype=np.float32)  # (total + 1,)
+        self.buffer = xp.zeros(int(self.ends[-1]) + 2, dtype=np.float32)  # (total + 2,)
 
-    def allreduce(self, group, loss: float, step: int) -> float:
-        """Sum every parameter's gradient and `loss` over the ranks; returns the summed loss.
+    def allreduce(self, group, loss: float, total: float, step: int) -> tuple[float, float]:
+        """Sum every parameter's gradient, `loss` and `total` over the ranks; returns the
+        summed loss and total.
         A gradient that is None on this rank counts as 0; it stays None when it is 0 on
         every rank (no rank's loss reached the parameter)."""
         flat, start = self.buffer, 0
@@ -200,7 +202,7 @@ class FlatGradients:
             else:
                 flat[start:end] = param.grad.ravel()
             start = int(end)
-        flat[-1] = loss
+        flat[-2], flat[-1] = loss, total
         group.allreduce_sum(flat, f"step {step}'s gradient allreduce")
         start = 0
         for param, end in zip(self.params, self.ends, strict=True):
@@ -208,7 +210,7 @@ class FlatGradients:
             if param.grad is not None or piece.any():
                 param.grad = piece.reshape(param.data.shape).astype(param.data.dtype, copy=False)
             start = int(end)
-        return float(flat[-1])
+        return float(flat[-2]), float(flat[-1])
 
     def broadcast_weights(self, group) -> None:
         """Every rank's parameters become rank 0's."""

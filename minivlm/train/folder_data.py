@@ -106,5 +106,7 @@ class FolderStream:
             picked[here] = self.rows[order[places[here]]]
         return picked
 
-    def batch(self, step: int) -> Batch:
-        return collate([self.dataset[int(i)] for i in self.rows_of(step)], max_len=self.max_len)
+    def batch(self, step: int, rows: np.ndarray | None = None) -> Batch:
+        """Batch `step`, or only its `rows` (indices into it), as TrainingStream.batch."""
+        picked = self.rows_of(step) if rows is None else self.rows_of(step)[rows]
+        return collate([self.dataset[int(i)] for i in picked], max_len=self.max_len)

@@ -76,16 +76,25 @@ def target_weights(
     gives the rows equal shares, so a one-word answer weighs as much as a caption.
     Per token, a batch's few answer words are drowned out by its captions' words.
     """
+    weights, total = weight_shares(targets, answers, weighting, answer_weight)
+    return weights / max(total, np.finfo(np.float64).tiny)
+
+
+def weight_shares(
+    targets: np.ndarray, answers: np.ndarray, weighting: str = "token", answer_weight: float = 1.0
+) -> tuple[np.ndarray, float]:
+    """target_weights before the batch's normalisation: (B, T) weights and the total
+    they are divided by (the weighted token count, or with "sequence" the rows that
+    have a target). Totals of several ranks' rows add up to the whole batch's."""
     if weighting not in LOSS_WEIGHTINGS:
         raise ValueError(
             f"target_weights weighting: expected one of {LOSS_WEIGHTINGS}, got {weighting!r}"
         )
     raw = np.where(answers, answer_weight, 1.0) * (targets != IGNORE_INDEX)  # (B, T)
     if weighting == "token":
-        return raw / max(raw.sum(), np.finfo(np.float64).tiny)
+        return raw, float(raw.sum())
     per_row = raw.sum(axis=1, keepdims=True)  # (B, 1)
-    rows = max(int((per_row > 0).sum()), 1)
-    return raw / np.maximum(per_row, np.finfo(np.float64).tiny) / rows
+    return raw / np.maximum(per_row, np.finfo(np.float64).tiny), float((per_row > 0).sum())
 
 
 def length_groups(lengths: np.ndarray) -> list[np.ndarray]:
@@ -184,7 +193,8 @@ class Trainer:
         )
 
     def batch(self, step: int) -> Batch:
-        return self.stream().batch(step)
+        """This rank's rows of batch `step` (all of them in one process)."""
+        return self.stream().batch(step, self.my_rows())
 
     def train_step(
         self,
@@ -192,33 +202,39 @@ class Trainer:
         corruption: AttributeCorruption,
         greyscale: GreyscaleCaptions | None = None,
     ) -> float:
+        """One update from this rank's rows of the global batch (`batch`, as `self.batch`
+        gives them): the gradient of the whole batch's loss, summed over the ranks."""
         self.model.train()
         if self.group.size > 1:  # dropout masks of this rank's rows, whatever P
             random.manual_seed([self.config.seed, self.step, self.group.rank])
+        rows = self.my_rows()  # where this rank's rows sit in the global batch
         # corruption reads which words are trained before greyscale drops colour targets
-        inputs = corruption(batch.inputs, batch.targets, batch.answers, self.step)
+        inputs = corruption(batch.inputs, batch.targets, batch.answers, self.step, rows)
         if greyscale is not None:
-            batch = greyscale(batch, self.step)
+            batch = greyscale(batch, self.step, rows)
         c = self.config
-        weights = target_weights(batch.targets, batch.answers, c.loss_weighting, c.answer_weight)
-        rows = self.my_rows(len(batch.lengths))  # this rank's share of the global batch
+        # the loss is normalised by the whole batch's total, known after the ranks' sum:
+        # each rank's loss and gradients are divided by it once they are summed
+        weights, total = weight_shares(
+            batch.targets, batch.answers, c.loss_weighting, c.answer_weight
+        )
         self.optimizer.zero_grad()
         loss = 0.0
-        for group in length_groups(batch.lengths[rows]):  # the loss a group at a time
-            part_rows = rows[group]
-            width = int(batch.lengths[part_rows].max())
+        for group in length_groups(batch.lengths):  # the loss a group of rows at a time
+            width = int(batch.lengths[group].max())
             part = sequence_loss(
                 self.model,
-                batch.images[part_rows],
-                inputs[part_rows, :width],
-                batch.targets[part_rows, :width],
+                batch.images[group],
+                inputs[group, :width],
+                batch.targets[group, :width],
                 c.device,
-                weights[part_rows, :width],
+                weights[group, :width],
             )
             part.backward()  # gradients add up across the groups
             loss += part.item()
-        if self.group.size > 1:  # sum the ranks' shares: the whole batch's gradient and loss
-            loss = self._flat_gradients().allreduce(self.group, loss, self.step + 1)
+        if self.group.size > 1:  # sum the ranks' shares: the whole batch's
+            loss, total = self._flat_gradients().allreduce(self.group, loss, total, self.step + 1)
+        loss = self._normalise(loss, total)
         norm = clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise NonFiniteError(
@@ -228,6 +244,14 @@ class Trainer:
         self.schedule.step()
         self.step += 1
         return loss
+
+    def _normalise(self, loss: float, total: float) -> float:
+        """The loss, and in place every gradient, divided by the batch's weight total."""
+        scale = 1 / max(total, np.finfo(np.float64).tiny)
+        for param in self.model.parameters():
+            if param.grad is not None:
+                param.grad *= param.grad.dtype.type(scale)
+        return loss * scale
 
     def share_weights(self) -> None:
         """Every rank's weights become rank 0's (they are already equal when all ranks
@@ -245,13 +269,13 @@ class Trainer:
         c = self.config
         words = _attribute_words(c.data.language)
         return (
-            AttributeCorruption(self.tokenizer, words, c.corrupt_attributes),
+            AttributeCorruption(self.tokenizer, words, c.corrupt_attributes, c.model.max_len + 1),
             GreyscaleCaptions(self.tokenizer, words["colour"], c.greyscale_captions, c.seed),
         )
 
-    def my_rows(self, batch_rows: int) -> np.ndarray:
-        """(B / P,) the rows of a global batch that this rank trains on."""
-        share = batch_rows // self.group.size
+    def my_rows(self) -> np.ndarray:
+        """(B / P,) the rows of a global batch that this rank builds and trains on."""
+        share = self.config.batch_size // self.group.size
         return np.arange(self.group.rank * share, (self.group.rank + 1) * share)
 
     def skip_step(self) -> None:
@@ -357,7 +381,9 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     log = open(out / run_folder.LOG_FILE, "a") if lead else None
     bar = _progress(config, trainer.step, end) if lead else None
-    batches = stream_batches(trainer.stream(), trainer.step, end, config.data_workers)
+    batches = stream_batches(
+        trainer.stream(), trainer.step, end, config.data_workers, trainer.my_rows()
+    )
     started, samples = time.perf_counter(), 0
     try:
         for batch in batches:
