@@ -361,3 +361,25 @@ def test_auto_takes_the_fused_path_on_the_cpu_from_64_by_64_scores():
     q = tensor(rng.standard_normal((1, 2, 64, 8)), requires_grad=True)
     weights = F.scaled_dot_product_attention(q, q, q, return_weights=True)[1]
     assert type(weights.creator) is Attention, "weights asked for: the naive path"
+
+
+@pytest.mark.parametrize("impl", ["naive", "fused"])
+@pytest.mark.parametrize("split", [True, False])
+def test_outputs_and_gradients_are_laid_out_as_their_inputs(impl, split):
+    """Heads split from (B, L, H d) activations give an output and gradients that merge
+    back without a copy; C-contiguous heads give C-contiguous ones."""
+    from minivlm.functional.attention import Attention, FusedAttention
+
+    rng = np.random.default_rng(0)
+    shape = (2, 5, 3, 4)  # (B, L, H, d)
+    heads = [rng.standard_normal(shape).astype(np.float32).transpose(0, 2, 1, 3) for _ in "qkv"]
+    if not split:
+        heads = [np.ascontiguousarray(h) for h in heads]
+    fn = Attention(0.5, None, False) if impl == "naive" else FusedAttention(0.5, False, None)
+    out = fn.forward(*heads)
+    grads = fn.backward(np.ones(out.shape, np.float32))
+    for array in (out, *grads):
+        merged = array.transpose(0, 2, 1, 3) if split else array
+        assert merged.flags.c_contiguous
+    plain = Attention(0.5, None, False)
+    np.testing.assert_allclose(out, plain.forward(*map(np.ascontiguousarray, heads)), atol=1e-6)

@@ -52,15 +52,13 @@ def allowed_mask(xp, lq: int, lk: int, *, causal: bool, key_lengths=None, attn_m
     return allowed
 
 
-def matmul_heads(a, b):
-    """a @ b, (B, H, L, d). On the CPU the result is laid out as heads split from
-    (B, L, H d) activations (cpu_kernels.heads_of_tokens), so merging the heads of an
-    output, or the split's backward of a gradient, is a view and not a copy."""
+def matmul_heads(a, b, like):
+    """a @ b, (B, H, L, d), laid out in memory as `like` (cpu_kernels.laid_out_like): heads
+    split from (B, L, H d) activations give results that merge back without a copy."""
     xp = get_array_module(a)
     if is_cupy(xp):
         return a @ b
-    shape = (*a.shape[:-1], b.shape[-1])
-    out = cpu_kernels.heads_of_tokens(np.empty(math.prod(shape), a.dtype), shape)
+    out = cpu_kernels.laid_out_like(like, np.empty(like.size, like.dtype))
     return np.matmul(a, b, out=out)
 
 
@@ -83,13 +81,13 @@ class Attention(Function):
         total = probs.sum(axis=-1, keepdims=True)
         probs /= xp.where(total > 0, total, 1)                # all-masked row: P = 0
         self.save(q, k, v, probs)
-        out = matmul_heads(probs, v)                          # (B, H, Lq, d)
+        out = matmul_heads(probs, v, like=q)                  # (B, H, Lq, d)
         return (out, probs) if self.return_weights else out
 
     def backward(self, d_out, d_weights=None):
         q, k, v, probs = self.saved
         # forward was O = P V
-        d_v = matmul_heads(probs.swapaxes(-1, -2), d_out)     # (B, H, Lk, d)   dV = P^T dO
+        d_v = matmul_heads(probs.swapaxes(-1, -2), d_out, v)  # (B, H, Lk, d)   dV = P^T dO
         d_probs = d_out @ v.swapaxes(-1, -2)                  # (B, H, Lq, Lk)  dP = dO V^T
         if d_weights is not None:
             d_probs += d_weights                              # P was also an output
@@ -97,8 +95,8 @@ class Attention(Function):
         d_scores = probs * (d_probs - (d_probs * probs).sum(axis=-1, keepdims=True))
         # S = scale * Q K^T, so dQ = scale dS K and dK = scale dS^T Q
         d_scores *= q.dtype.type(self.scale)
-        d_q = matmul_heads(d_scores, k)                       # (B, H, Lq, d)
-        d_k = matmul_heads(d_scores.swapaxes(-1, -2), q)      # (B, H, Lk, d)
+        d_q = matmul_heads(d_scores, k, q)                    # (B, H, Lq, d)
+        d_k = matmul_heads(d_scores.swapaxes(-1, -2), q, k)   # (B, H, Lk, d)
         return d_q, d_k, d_v
 
 
