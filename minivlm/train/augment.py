@@ -100,10 +100,10 @@ class GreyscaleCaptions:
         caption rows' images grey and colour targets ignored."""
         if self.rate == 0.0:
             return batch
-        rows = np.arange(len(batch.images)) if rows is None else rows
+        places = np.arange(len(batch.images)) if rows is None else rows  # in the global batch
         rng = np.random.default_rng([self.seed, step, self.STREAM])
-        drawn = rng.random(int(rows.max()) + 1)[rows]  # (B,) one draw per global row
-        rows = caption_rows(batch.answers) & (drawn < self.rate)  # (B,)
+        drawn = rng.random(int(places.max()) + 1)[places]  # (B,) one draw per global row
+        rows = caption_rows(batch.answers) & (drawn < self.rate)  # (B,) the rows made grey
         images = batch.images.copy()  # (B, 3, S, S)
         grey = np.tensordot(LUMA_WEIGHTS, images[rows], axes=(0, 1))  # (rows, S, S)
         images[rows] = grey[:, None]
