@@ -45,6 +45,11 @@ class SceneConfig:
     attribute_order: tuple[str, ...] = ATTRIBUTES
     worked_answers: bool = False
     count_working: str = "shape"  # with worked_answers: "shape" or "objects" (questions.py)
+    # a scene's follow-up questions (sample_scene_questions): a count's weight when the
+    # type is picked (each other type's is 1), and the share of counts that ask about one
+    # shape whatever the scene's other count answers
+    count_weight: float = 1.0
+    shape_count_share: float = 0.0
     styles: tuple[str, ...] = (DEFAULT_STYLE,)
     held_out_style: str = ""
 
@@ -53,6 +58,8 @@ class SceneConfig:
         _check_int("max_objects", self.max_objects, low=1, high=GRID * GRID)
         _check_float("jitter", self.jitter, low=0.0, high=0.5)
         _check_float("noise", self.noise, low=0.0, high=128.0)
+        _check_float("count_weight", self.count_weight, low=0.0, high=100.0)
+        _check_float("shape_count_share", self.shape_count_share, low=0.0, high=1.0)
         if self.language not in LANGUAGES:
             raise ValueError(
                 f"SceneConfig.language: expected one of {sorted(LANGUAGES)}, got {self.language!r}"

@@ -168,9 +168,16 @@ def sample_balanced_qa(
 def sample_scene_questions(
     scene: Scene, config: SceneConfig, rng: np.random.Generator, count: int, split: str = "train"
 ) -> list[QA]:
-    """`count` more questions about a scene already drawn: each picks a type uniformly
-    among those the scene answers, then an answer uniformly among that type's answers
-    in this scene, then a question with that answer."""
+    """`count` more questions about a scene already drawn: each picks a type among those
+    the scene answers (uniformly, a count with weight config.count_weight), then an
+    answer uniformly among that type's answers in this scene, then a question with that
+    answer.
+
+    Balanced per scene, the counts are lopsided: "how many objects?" is a third of them
+    (it always has its own answer) and "two" of one shape is rare (one scene in five has
+    a shape twice), yet both count the same in `minivlm eval`, whose answers are uniform.
+    So a share config.shape_count_share of the counts ask about one shape: the answer
+    is drawn among the scene's counts of one shape only."""
     if count == 0:
         return []
     excluded = config.held_out_pairs if split != "heldout" else ()
@@ -182,12 +189,25 @@ def sample_scene_questions(
     types = sorted(by_type)
     picked = []
     for _ in range(count):
-        candidates = by_type[types[int(rng.integers(len(types)))]]
+        qa_type = _pick_type(types, config.count_weight, rng)
+        candidates = by_type[qa_type]
+        if qa_type == "count" and config.shape_count_share and (
+            rng.random() < config.shape_count_share
+        ):
+            candidates = [qa for qa in candidates if qa.working]  # "how many stars?"
         answers = sorted({qa.answer for qa in candidates})
         wanted = answers[int(rng.integers(len(answers)))]
         matching = [qa for qa in candidates if qa.answer == wanted]
         picked.append(matching[int(rng.integers(len(matching)))])
     return picked
+
+
+def _pick_type(types: list[str], count_weight: float, rng: np.random.Generator) -> str:
+    """One of `types`, uniformly but for "count", which weighs count_weight."""
+    if count_weight == 1.0 or "count" not in types:
+        return types[int(rng.integers(len(types)))]
+    weights = np.array([count_weight if t == "count" else 1.0 for t in types])
+    return types[int(rng.choice(len(types), p=weights / weights.sum()))]
 
 
 def _check_type(qa_type: str) -> None:

@@ -13,6 +13,8 @@ from minivlm.data import (
     available_qa_types,
     questions_of_type,
     sample_balanced_qa,
+    sample_scene,
+    sample_scene_questions,
 )
 
 CONFIG = SceneConfig()
@@ -130,6 +132,37 @@ def test_balanced_sampling_is_deterministic_for_a_seed():
         return [sample_balanced_qa(CONFIG, rng, "iid") for _ in range(5)]
 
     assert draw() == draw()
+
+
+def follow_up_counts(config, scenes=400):
+    """(share of follow-up questions that are counts, Counter of the counts' (form, answer))."""
+    rng = np.random.default_rng(3)
+    types, counts = Counter(), Counter()
+    for _ in range(scenes):
+        scene = sample_scene(config, rng, "train")
+        for qa in sample_scene_questions(scene, config, rng, 3):
+            types[qa.qa_type] += 1
+            if qa.qa_type == "count":
+                counts[("shape" if qa.working else "all", qa.answer)] += 1
+    return types["count"] / types.total(), counts
+
+
+def test_follow_up_counts_are_weighted_and_ask_about_shapes():
+    share, balanced = follow_up_counts(CONFIG)
+    all_objects = sum(n for (form, _), n in balanced.items() if form == "all")
+    assert 0.1 < share < 0.2 and all_objects > 0.2 * balanced.total()  # 1 in 7; per scene
+    share, focused = follow_up_counts(SceneConfig(count_weight=3.0, shape_count_share=1.0))
+    assert 0.3 < share < 0.45  # 3 in 9
+    assert {form for form, _ in focused} == {"shape"}
+    # two of one shape: three times the counts, none given to "how many objects?"
+    assert focused[("shape", "two")] > 3 * balanced[("shape", "two")]
+
+
+def test_follow_up_count_knobs_are_checked():
+    with pytest.raises(ValueError, match=r"SceneConfig.count_weight: expected a number"):
+        SceneConfig(count_weight=-1.0)
+    with pytest.raises(ValueError, match=r"SceneConfig.shape_count_share: expected a number"):
+        SceneConfig(shape_count_share=1.5)
 
 
 def test_relations_need_two_objects():
