@@ -1,8 +1,9 @@
 """`minivlm eval`: how well a model captions and answers, and whether it uses the image.
 
 Per split ("iid": fresh scenes like the training ones; "heldout": scenes with colour-
-shape pairs that training never showed; "style", when the scenes hold a style out:
-scenes of training pairs drawn in that style, see minivlm.data.styles):
+shape pairs that training never showed; when the scenes hold a style out, "style":
+scenes of training pairs drawn in that style, see minivlm.data.styles, and
+"heldout-style": scenes with held-out pairs drawn in that style):
   loss, perplexity         teacher-forced caption loss per token
   image information gain   loss with the images shuffled within the batch minus loss
                            with the true images, in nats per token: what the image tells
@@ -42,7 +43,8 @@ from .generate import answer_questions, caption_images
 from .metrics import CaptionScores, QAScores, patch_masks, pointing_score, token_objects_from_spans
 from .models import VLM
 
-SPLITS = ("iid", "heldout", "style")  # "style" only where the scenes hold a style out
+# the last two only where the scenes hold a style out
+SPLITS = ("iid", "heldout", "style", "heldout-style")
 
 
 @dataclass
@@ -243,17 +245,18 @@ def format_table(results: dict) -> str:
     """The metrics as a table: one row a metric, one column a split."""
     splits = [s for s in SPLITS if any(key.startswith(f"{s}/") for key in results)]
     names = sorted({key.split("/", 1)[1] for key in results}, key=_metric_order)
-    lines = [f"{'metric':32s}" + "".join(f"{split:>12s}" for split in splits)]
+    width = max([12, *(len(split) + 2 for split in splits)])
+    lines = [f"{'metric':32s}" + "".join(f"{split:>{width}s}" for split in splits)]
     for name in names:
         cells = []
         for split in splits:
             value = results.get(f"{split}/{name}")
             cells.append(
-                f"{'':>12s}"
+                f"{'':>{width}s}"
                 if value is None
-                else f"{value:12.3f}"
+                else f"{value:{width}.3f}"
                 if isinstance(value, float)
-                else f"{value:12d}"
+                else f"{value:{width}d}"
             )
         lines.append(f"{name:32s}" + "".join(cells))
     return "\n".join(lines)

@@ -96,8 +96,10 @@ def test_a_held_out_style_gets_its_own_column_and_each_style_its_accuracies(tmp_
     )
     assert {"style/shape_accuracy", "style/vqa_accuracy", "style/exact_match"} <= set(results)
     assert results["style/held_out_objects"] == 0  # training pairs only
+    assert results["heldout-style/held_out_objects"] > 0  # held-out pairs, held-out style
     for style in ("soft", "outline"):  # the iid scenes of each training style
         for name in ("colour", "shape", "size"):
             assert 0.0 <= results[f"iid/{name}_accuracy/{style}"] <= 1.0
     assert "iid/shape_accuracy/plain" not in results
-    assert format_table(results).splitlines()[0].split() == ["metric", "iid", "heldout", "style"]
+    header = ["metric", "iid", "heldout", "style", "heldout-style"]
+    assert format_table(results).splitlines()[0].split() == header

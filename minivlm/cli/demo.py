@@ -40,9 +40,10 @@ def run_demo(
     )
     trainer = train(config, overwrite=overwrite, group=group)
     trained = time.perf_counter()
+    style = config.data.held_out_style
     _say(
-        f"trained in {trained - started:.0f} s; evaluating on fresh scenes "
-        "(iid and held-out colour-shape pairs)"
+        f"trained in {trained - started:.0f} s; evaluating on fresh scenes (iid, held-out "
+        f"colour-shape pairs{f', the held-out style {style!r}' if style else ''})"
     )
     eval_config = eval_config or EvalConfig(device=config.device, qa_format=config.qa_format)
     results = evaluate(trainer.model, trainer.tokenizer, config.data, eval_config)

@@ -16,8 +16,11 @@ from minivlm.data.vocabulary import (
     check_attribute_order,
 )
 
-# "style": training pairs drawn in the held-out style (see minivlm.data.styles)
-SPLITS: tuple[str, ...] = ("train", "iid", "heldout", "style")
+# "heldout": scenes with a held-out colour-shape pair; "style": training pairs drawn in the
+# held-out style (see minivlm.data.styles); "heldout-style": held-out pairs in that style
+SPLITS: tuple[str, ...] = ("train", "iid", "heldout", "style", "heldout-style")
+PAIR_HELD_OUT_SPLITS: tuple[str, ...] = ("heldout", "heldout-style")
+STYLE_HELD_OUT_SPLITS: tuple[str, ...] = ("style", "heldout-style")
 COUNT_WORKINGS: tuple[str, ...] = ("shape", "objects")  # see questions.answer_text
 
 

@@ -27,7 +27,7 @@ from functools import cache
 import numpy as np
 
 from minivlm.data.captions import article_for, attribute_words
-from minivlm.data.config import SceneConfig
+from minivlm.data.config import PAIR_HELD_OUT_SPLITS, SceneConfig
 from minivlm.data.language import Language, get_language, shape_plural
 from minivlm.data.scenes import Scene, SceneObject, sample_scene
 from minivlm.data.vocabulary import ATTRIBUTES, COLOURS, SHAPES, SIZES, check_attribute_order
@@ -147,7 +147,7 @@ def sample_balanced_qa(
         raise ValueError(f"qa_type: expected one of {types} for this config, got {qa_type!r}")
     answers = answer_space(qa_type, config)
     wanted = answers[int(rng.integers(len(answers)))]
-    excluded = config.held_out_pairs if split != "heldout" else ()
+    excluded = () if split in PAIR_HELD_OUT_SPLITS else config.held_out_pairs
     for _ in range(max_tries):
         scene = sample_scene(config, rng, split)
         candidates = [
@@ -180,7 +180,7 @@ def sample_scene_questions(
     is drawn among the scene's counts of one shape only."""
     if count == 0:
         return []
-    excluded = config.held_out_pairs if split != "heldout" else ()
+    excluded = () if split in PAIR_HELD_OUT_SPLITS else config.held_out_pairs
     by_type = {}
     for qa_type in available_qa_types(config):
         found = questions_of_type(scene, qa_type, config.language, config.attribute_order, excluded)
@@ -191,9 +191,8 @@ def sample_scene_questions(
     for _ in range(count):
         qa_type = _pick_type(types, config.count_weight, rng)
         candidates = by_type[qa_type]
-        if qa_type == "count" and config.shape_count_share and (
-            rng.random() < config.shape_count_share
-        ):
+        share = config.shape_count_share  # 0: no draw, the questions of before the knob
+        if qa_type == "count" and share > 0 and rng.random() < share:
             candidates = [qa for qa in candidates if qa.working]  # "how many stars?"
         answers = sorted({qa.answer for qa in candidates})
         wanted = answers[int(rng.integers(len(answers)))]

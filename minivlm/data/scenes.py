@@ -10,7 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from minivlm.data.config import SPLITS, SceneConfig
+from minivlm.data.config import (
+    PAIR_HELD_OUT_SPLITS,
+    SPLITS,
+    STYLE_HELD_OUT_SPLITS,
+    SceneConfig,
+)
 from minivlm.data.styles import DEFAULT_STYLE, STYLES
 from minivlm.data.vocabulary import ALL_PAIRS, COLOURS, GRID, SHAPES, SIZE_FRACTION, SIZES
 
@@ -101,9 +106,10 @@ def make_scene(config: SceneConfig, split: str = "train", seed: int = 0, index: 
 
 
 def sample_scene(config: SceneConfig, rng: np.random.Generator, split: str = "train") -> Scene:
-    """Draw a scene. "heldout" scenes hold at least one held-out pair; the others none.
-    "style" scenes are drawn in the held-out style, the others in one of `config.styles`
-    (with one style, nothing is drawn for it: the scenes are those of before styles)."""
+    """Draw a scene. "heldout" and "heldout-style" scenes hold at least one held-out pair;
+    the others none. "style" and "heldout-style" scenes are drawn in the held-out style,
+    the others in one of `config.styles` (with one style, nothing is drawn for it: the
+    scenes are those of before styles)."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     style_name = _draw_style(config, rng, split)
@@ -122,9 +128,9 @@ def sample_scene(config: SceneConfig, rng: np.random.Generator, split: str = "tr
 
 
 def _draw_style(config: SceneConfig, rng: np.random.Generator, split: str) -> str:
-    if split == "style":
+    if split in STYLE_HELD_OUT_SPLITS:
         if not config.held_out_style:
-            raise ValueError("split='style' needs SceneConfig.held_out_style, which is ''")
+            raise ValueError(f"split={split!r} needs SceneConfig.held_out_style, which is ''")
         return config.held_out_style
     if len(config.styles) == 1:
         return config.styles[0]
@@ -134,11 +140,11 @@ def _draw_style(config: SceneConfig, rng: np.random.Generator, split: str) -> st
 def _draw_pairs(
     config: SceneConfig, rng: np.random.Generator, split: str, n_objects: int
 ) -> list[tuple[str, str]]:
-    if split != "heldout":
+    if split not in PAIR_HELD_OUT_SPLITS:
         allowed = config.training_pairs
         return [allowed[i] for i in rng.integers(len(allowed), size=n_objects)]
     if not config.held_out_pairs:
-        raise ValueError("split='heldout' needs SceneConfig.held_out_pairs, which is empty")
+        raise ValueError(f"split={split!r} needs SceneConfig.held_out_pairs, which is empty")
     pairs = [ALL_PAIRS[i] for i in rng.integers(len(ALL_PAIRS), size=n_objects)]
     novel = config.held_out_pairs[int(rng.integers(len(config.held_out_pairs)))]
     pairs[int(rng.integers(n_objects))] = novel

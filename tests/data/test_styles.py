@@ -1,5 +1,6 @@
-"""Drawing styles: training scenes draw one of SceneConfig.styles, the "style" split the
-held-out one; one style draws the scenes of before styles; bad names are refused."""
+"""Drawing styles: training scenes draw one of SceneConfig.styles, the "style" and
+"heldout-style" splits the held-out one; one style draws the scenes of before styles; bad
+names are refused."""
 
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ def test_training_scenes_draw_each_style_and_the_style_split_only_the_held_out_o
     assert {scene.style for scene in held} == {"plain"}
     assert all(obj.pair in config.training_pairs for scene in held for obj in scene.objects)
     assert all(obj.angle == 0 for s in held for obj in s.objects)  # plain does not turn
+    both = [make_scene(config, "heldout-style", 0, i) for i in range(100)]
+    assert {scene.style for scene in both} == {"plain"}
+    assert all(any(obj.pair in config.held_out_pairs for obj in s.objects) for s in both)
     turned = [o.angle for i in range(100) for o in make_scene(config, "iid", 0, i).objects]
     assert max(np.abs(turned)) <= STYLES["rotated"].rotation and np.count_nonzero(turned) > 20
 
@@ -61,6 +65,7 @@ def test_bad_styles_are_named(changes, message):
         SceneConfig(**changes)
 
 
-def test_the_style_split_needs_a_held_out_style():
-    with pytest.raises(ValueError, match="held_out_style"):
-        make_scene(SceneConfig(), "style", 0, 0)
+@pytest.mark.parametrize("split", ["style", "heldout-style"])
+def test_the_style_splits_need_a_held_out_style(split):
+    with pytest.raises(ValueError, match=f"split='{split}' needs SceneConfig.held_out_style"):
+        make_scene(SceneConfig(), split, 0, 0)
