@@ -9,7 +9,9 @@ scenes of training pairs drawn in that style, see minivlm.data.styles, and
                            with the true images, in nats per token: what the image tells
   captions                 greedy captions: exact match, per-attribute accuracy, and
                            held-out pair naming (both colour and shape right)
-  VQA                      accuracy per question type next to the majority answer;
+  VQA                      accuracy per question type next to the majority answer,
+                           and for counts of one shape ("how many stars?") per true
+                           answer ("vqa_shape_count_accuracy/two");
                            with qa_format "describe" also the accuracy when the true
                            caption replaces the model's own (teacher forced): it
                            separates describing the scene from answering about it
@@ -202,6 +204,7 @@ def _qa_metrics(
     model, tokenizer, dataset: SceneDataset, training_answers, config: EvalConfig
 ) -> dict:
     scores = QAScores()
+    shape_counts = QAScores()  # "how many stars?" (not "how many objects?") by true answer
     language = get_language(dataset.config.language)  # a worked answer is scored by its end
     for examples in _batches(dataset, config.batch_size):
         images = np.stack([e.image for e in examples])
@@ -213,7 +216,10 @@ def _qa_metrics(
             describe=config.qa_format == "describe",
         )
         for example, answer in zip(examples, predicted, strict=False):
-            scores.add(example.qa_type, language.final_answer(answer), example.answer)
+            said = language.final_answer(answer)
+            scores.add(example.qa_type, said, example.answer)
+            if example.qa_type == "count" and example.question != language.questions["count_all"]:
+                shape_counts.add(example.answer, said, example.answer)
     metrics = {
         "vqa_accuracy": scores.accuracy(),
         "vqa_majority_baseline": scores.majority_baseline(training_answers),
@@ -224,6 +230,9 @@ def _qa_metrics(
         if scores.total[qa_type]:
             metrics[f"vqa_{qa_type}_accuracy"] = scores.accuracy(qa_type)
             metrics[f"vqa_{qa_type}_baseline"] = scores.majority_baseline(training_answers, qa_type)
+    for answer in language.counts:
+        if shape_counts.total[answer]:
+            metrics[f"vqa_shape_count_accuracy/{answer}"] = shape_counts.accuracy(answer)
     return metrics
 
 
