@@ -227,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument(
         "--style",
-        help="also evaluate scenes of training pairs drawn in this style (one the run did not "
-        "train on, e.g. plain; default: the run's held-out style, if any)",
+        help="also evaluate scenes drawn in this style, of training pairs ('style') and with "
+        "a held-out pair ('heldout-style') (a style the run did not train on, e.g. plain; "
+        "default: the run's held-out style, if any)",
     )
     evaluation.add_argument("--json", type=Path, help="also write the metrics here")
     evaluation.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
