@@ -347,13 +347,17 @@ def test_backward_rejects_saved_arrays_of_the_wrong_shape():
         flash_attention_backward(q, k, v, out, lse[..., :2], d_out, scale=1.0, causal=False)
 
 
-def test_auto_takes_the_fused_path_on_the_cpu_from_64_by_64_scores():
+@pytest.mark.parametrize("cores, smallest", [(2, 64), (1, 96)])
+def test_auto_takes_the_fused_path_on_the_cpu_from_64_by_64_scores_or_96_on_one_core(
+    monkeypatch, cores, smallest
+):
     from minivlm import F, tensor
-    from minivlm.functional.attention import AUTO_FUSED_MIN_SCORES, Attention, FusedAttention
+    from minivlm.functional import attention
+    from minivlm.functional.attention import Attention, FusedAttention
 
-    assert AUTO_FUSED_MIN_SCORES["cpu"] == 64 * 64
+    monkeypatch.setattr(attention, "usable_cores", lambda: cores)
     rng = np.random.default_rng(0)
-    for length, kind in ((63, Attention), (64, FusedAttention)):
+    for length, kind in ((smallest - 1, Attention), (smallest, FusedAttention)):
         shape = (1, 2, length, 8)
         q, k, v = (tensor(rng.standard_normal(shape), requires_grad=True) for _ in "qkv")
         out = F.scaled_dot_product_attention(q, k, v, impl="auto")

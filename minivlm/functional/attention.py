@@ -26,15 +26,18 @@ import math
 import numpy as np
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module, is_cupy
+from ..backend import get_array_module, is_cupy, usable_cores
 from ..kernels_cpu import flash_attention as cpu_kernels
 from ..kernels_cuda import attention as cuda_kernels
 
 # At or above this many scores per (batch, head), "auto" takes the fused path. On the
-# CPU the threaded NumPy kernel beats the naive path from 64 x 64 on (B=64, H=4, d=32:
-# 6.8 against 10.2 ms forward+backward at 64 x 64, 0.54x at 196 x 196) and loses below
-# 32 x 32 (2.4 against 1.2 ms at 16 x 16); on the GPU it was measured at 256 x 256.
-AUTO_FUSED_MIN_SCORES = {"cpu": 64 * 64, "cuda": 256 * 256}
+# CPU much of the NumPy kernel's lead at small sizes is its threads (the naive softmax
+# runs on one core): with two cores or more it beats the naive path from 64 x 64 on
+# (B=64, H=4, d=32, forward+backward: 0.66-0.79x at 64 x 64 and 80 x 80, about 1x at
+# 40 x 40, 1.0-1.4x at 24 x 24), on one core (a rank of `mpiexec -n 2` on two cores)
+# only from about 96 x 96 on (B=32: 1.04-1.15x at 64 x 64 and 80 x 80, 0.97-1.03x at
+# 96 x 96, 0.72-0.77x at 128 x 128; benchmarks/RESULTS.md). On the GPU: 256 x 256.
+AUTO_FUSED_MIN_SCORES = {"cpu": 64 * 64, "cpu, one core": 96 * 96, "cuda": 256 * 256}
 
 
 def allowed_mask(xp, lq: int, lk: int, *, causal: bool, key_lengths=None, attn_mask=None):
@@ -148,12 +151,18 @@ def scaled_dot_product_attention(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     lengths = _key_lengths(xp, key_lengths, batch, lk)
     mask = _attn_mask(attn_mask, query.shape, lk)
-    many_scores = lq * lk >= AUTO_FUSED_MIN_SCORES["cuda" if is_cupy(xp) else "cpu"]
+    many_scores = lq * lk >= _fused_min_scores(xp)
     impl = _choose_impl(impl, mask is not None, return_weights, many_scores)
     if impl == "fused":
         return FusedAttention(scale, is_causal, lengths)(query, key, value)
     allowed = allowed_mask(xp, lq, lk, causal=is_causal, key_lengths=lengths, attn_mask=mask)
     return Attention(scale, allowed, return_weights)(query, key, value)
+
+
+def _fused_min_scores(xp) -> int:
+    if is_cupy(xp):
+        return AUTO_FUSED_MIN_SCORES["cuda"]
+    return AUTO_FUSED_MIN_SCORES["cpu" if usable_cores() > 1 else "cpu, one core"]
 
 
 def _choose_impl(impl: str, has_mask: bool, return_weights: bool, many_scores: bool) -> str:
