@@ -11,7 +11,7 @@ scenes of training pairs drawn in that style, see minivlm.data.styles, and
                            held-out pair naming (both colour and shape right)
   VQA                      accuracy per question type next to the majority answer,
                            and for counts of one shape ("how many stars?") per true
-                           answer ("vqa_shape_count_accuracy/two");
+                           answer ("vqa_shape_count_accuracy/2": when it is two);
                            with qa_format "describe" also the accuracy when the true
                            caption replaces the model's own (teacher forced): it
                            separates describing the scene from answering about it
@@ -230,9 +230,9 @@ def _qa_metrics(
         if scores.total[qa_type]:
             metrics[f"vqa_{qa_type}_accuracy"] = scores.accuracy(qa_type)
             metrics[f"vqa_{qa_type}_baseline"] = scores.majority_baseline(training_answers, qa_type)
-    for answer in language.counts:
+    for n, answer in enumerate(language.counts):  # keyed by the number, in any language
         if shape_counts.total[answer]:
-            metrics[f"vqa_shape_count_accuracy/{answer}"] = shape_counts.accuracy(answer)
+            metrics[f"vqa_shape_count_accuracy/{n}"] = shape_counts.accuracy(answer)
     return metrics
 
 
