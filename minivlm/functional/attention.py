@@ -33,7 +33,7 @@ from ..kernels_cuda import attention as cuda_kernels
 # At or above this many scores per (batch, head), "auto" takes the fused path. On the
 # CPU much of the NumPy kernel's lead at small sizes is its threads (the naive softmax
 # runs on one core): with two cores or more it beats the naive path from 64 x 64 on
-# (B=64, H=4, d=32, forward+backward: 0.66-0.79x at 64 x 64 and 80 x 80, about 1x at
+# (B=64, H=4, d=32, forward+backward: 0.66-0.87x at 64 x 64 and 80 x 80, about 1x at
 # 40 x 40, 1.0-1.4x at 24 x 24), on one core (a rank of `mpiexec -n 2` on two cores)
 # only from about 96 x 96 on (B=32: 1.04-1.15x at 64 x 64 and 80 x 80, 0.97-1.03x at
 # 96 x 96, 0.72-0.77x at 128 x 128; benchmarks/RESULTS.md). On the GPU: 256 x 256.
