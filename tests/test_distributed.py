@@ -43,6 +43,7 @@ def _key_bias_part(name: str, shape: tuple[int, ...]) -> slice | None:
         return slice(shape[0] // 3, 2 * shape[0] // 3)
     return None
 
+
 def _launch(
     ranks: int, out: Path, *flags: str, timeout: float = 120
 ) -> subprocess.CompletedProcess:
@@ -159,3 +160,19 @@ def test_the_demo_on_two_ranks_trains_together_and_rank_0_alone_reports(tmp_path
     assert result.stdout.count("minivlm demo: training") == 1  # rank 0 speaks, once
     assert "on 2 ranks" in result.stdout
     assert json.loads((out / "metrics.json").read_text())["metrics"]["iid/exact_match"] >= 0
+
+
+def test_ranks_2_starts_mpiexec_itself_and_trains_as_two_ranks(one_process, tmp_path):
+    """`minivlm train --ranks 2` is `mpiexec -n 2 minivlm train` (mpi_train.py's run, from
+    the command line): the weights of one process, to float32 rounding."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_"))}
+    environment["OPENBLAS_NUM_THREADS"] = "1"
+    out = tmp_path / "two"
+    flags = ["--preset", "tiny", "--steps", "6", "--checkpoint-every", "2", "--eval-every", "2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "minivlm", "train", "--ranks", "2", *flags, "--out-dir", str(out)],
+        env=environment, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "minivlm: 2 ranks: " in result.stdout and "on 2 ranks" in result.stdout
+    _assert_close(out, one_process)

@@ -45,21 +45,30 @@ def _gradcheck(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from ..train.config import config_from_arguments
     from .demo import run_demo
+    from .launch import ranks_to_start, run_ranks
 
     if args.data_dir:
         raise ValueError(
             f"--data {args.data_dir}: the demo trains and evaluates on the procedural "
             "scenes; train on a folder with `minivlm train --data DIR`"
         )
-    run_demo(config_from_arguments(args), overwrite=args.overwrite)
+    config = config_from_arguments(args)
+    ranks = ranks_to_start(args.ranks, config.batch_size, config.device)
+    if ranks > 1:
+        return run_ranks(ranks, args.argv)
+    run_demo(config, overwrite=args.overwrite)
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from ..train.config import config_from_arguments
     from ..train.loop import train
+    from .launch import ranks_to_start, run_ranks
 
     config = config_from_arguments(args)
+    ranks = ranks_to_start(args.ranks, config.batch_size, config.device)
+    if ranks > 1:
+        return run_ranks(ranks, args.argv)
     trainer = train(config, resume=args.resume, overwrite=args.overwrite)
     if trainer.group.rank == 0:
         ranks = f" on {trainer.group.size} ranks" if trainer.group.size > 1 else ""
@@ -127,6 +136,23 @@ def _number(kind: type, low: float, high: float = math.inf, open_low: bool = Fal
     return parse
 
 
+def _add_ranks_argument(parser: argparse.ArgumentParser, default: str | None, auto: str) -> None:
+    from .launch import parse_ranks
+
+    def ranks(text: str):
+        try:
+            return parse_ranks(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix("--ranks: ")) from None
+
+    parser.add_argument(
+        "--ranks",
+        type=ranks,
+        default=default and parse_ranks(default),
+        help=f"train on this many MPI ranks, started with mpiexec (default {default or 1}; {auto})",
+    )
+
+
 def _add_debug_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--debug",
@@ -172,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="train, evaluate and draw the default model (about 10 min on 2 cores)"
     )
     add_config_arguments(demo)
+    _add_ranks_argument(demo, "auto", "auto: 2 on 2 or more cores with MPI installed, else 1")
     demo.add_argument(
         "--overwrite", action="store_true", help="replace the run already in --out-dir"
     )
@@ -180,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model (preset, --config FILE, and flags)")
     add_config_arguments(train)
+    _add_ranks_argument(train, None, "auto: 2 on 2 or more cores with MPI installed")
     train.add_argument(
         "--resume",
         action="store_true",
@@ -280,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
 
     keep_freed_memory()  # training steps reuse their large temporaries (see memory.py)
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --ranks N starts again
     try:
         return args.handler(args)
     except KeyboardInterrupt:
