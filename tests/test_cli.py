@@ -270,7 +270,7 @@ def test_config_file_nested_or_flat_overrides_the_preset_and_flags_override_it(t
     config = config_from_arguments(build_parser().parse_args(["train", *flags]))
     assert (config.model.d_model, config.model.n_heads, config.data.jitter) == (48, 3, 0.1)
     assert (config.steps, config.data.worked_answers) == (9, False)
-    assert (config.model.token_lags, config.lr) == (6, 2e-3)  # the demo preset's
+    assert (config.model.token_lags, config.lr) == (6, 1.5e-3)  # the demo preset's
 
 
 def test_config_file_that_is_not_an_object_is_named(tmp_path):

@@ -6,10 +6,12 @@ draws from (`styles`, one picked per scene) and one style it never shows
 (`held_out_style`), which the "style" split renders: scenes of training pairs, drawn in
 a way no training image was. `minivlm eval` reports its per-attribute accuracy.
 
-"plain" is held out by default in the presets that use styles: Pillow drawn directly, no
-anti-aliasing, no noise, one flat background, a textbook star (inner radius 0.38) and a
-thin plus. Each of its traits appears in some training style, but never all together
-and never with these exact proportions.
+"plain" is held out in the demo preset: Pillow drawn directly, no anti-aliasing, no
+noise, one flat background, a textbook star (inner radius 0.38) and a thin plus (arm
+0.2). The demo trains on "soft", "thin" (a cross of arm 0.26) and "aliased" (soft
+without anti-aliasing): plain's cross is thinner than any training cross, its star's
+inner radius is in no training style, its noiseless background in none, and no training
+scene has more than one of its traits.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ STYLES: dict[str, DrawingStyle] = {
     "spiky": DrawingStyle(star_points=6, star_inner=0.5, cross_arm=0.25),
     "rounded": DrawingStyle(corner=0.4, star_inner=0.35, cross_arm=0.3),
     "bright": DrawingStyle(background=(90, 140), noise_scale=2.0),
+    "thin": DrawingStyle(cross_arm=0.26),  # soft with a thinner cross
+    "aliased": DrawingStyle(supersample=1),  # soft without anti-aliasing
     "plain": DrawingStyle(
         star_inner=0.38, cross_arm=0.2, supersample=1, noise_scale=0.0, background=(30, 30)
     ),
