@@ -9,6 +9,7 @@ import pytest
 
 from minivlm.cli import launch
 from minivlm.cli.main import main
+from minivlm.train.distributed import SIZE_VARIABLES
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ def machine(monkeypatch):
     def set_up(cores: int, mpi: bool, launched: int = 1) -> None:
         monkeypatch.setattr(launch, "usable_cores", lambda: cores)
         monkeypatch.setattr(launch, "mpiexec_path", lambda: "/usr/bin/mpiexec" if mpi else None)
-        for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_NTASKS"):
+        for name in SIZE_VARIABLES:
             monkeypatch.delenv(name, raising=False)
         if launched > 1:
             monkeypatch.setenv("PMI_SIZE", str(launched))

@@ -63,13 +63,16 @@ def ranks_to_start(requested: str | int | None, batch_size: int, device: str) ->
         return 1
     if requested == AUTO:
         enough = device == "cpu" and usable_cores() >= AUTO_RANKS and batch_size % AUTO_RANKS == 0
-        if enough and mpiexec_path() is None:
+        if not enough:
+            return 1
+        if mpiexec_path() is None:
             print(
                 f'minivlm: training in one process; with MPI (pip install "minivlm[mpi]") '
                 f"--ranks auto would start {AUTO_RANKS}, about 1.4x as fast on 2 cores",
                 flush=True,
             )
-        return AUTO_RANKS if enough and mpiexec_path() else 1
+            return 1
+        return AUTO_RANKS
     if batch_size % requested:
         raise ValueError(
             f"--ranks {requested}: expected a number of ranks that divides the batch size "
