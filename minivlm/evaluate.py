@@ -19,7 +19,9 @@ scenes of training pairs drawn in that style, see minivlm.data.styles, and
                            cross-attention (mean over heads and blocks, at the position
                            that predicts the word) on that object's patches, vs chance
   per style                with several training styles, each attribute's accuracy in
-                           the scenes of each style ("shape_accuracy/outline")
+                           the scenes of each style ("shape_accuracy/outline"), and
+                           where they hold held-out pairs, their naming
+                           ("held_out_pair_accuracy/outline")
 """
 
 from __future__ import annotations
@@ -155,12 +157,15 @@ def _caption_metrics(
 
 
 def _per_style(by_style: dict[str, CaptionScores]) -> dict[str, float]:
-    """{"shape_accuracy/outline": ...}: each attribute's accuracy in each style's scenes."""
-    return {
-        f"{name}_accuracy/{style}": scores.accuracy(name)
-        for style, scores in sorted(by_style.items())
-        for name in ("colour", "shape", "size")
-    }
+    """{"shape_accuracy/outline": ...}: each attribute's accuracy in each style's scenes,
+    and the held-out pairs named in them where there are any."""
+    per_style = {}
+    for style, scores in sorted(by_style.items()):
+        for name in ("colour", "shape", "size"):
+            per_style[f"{name}_accuracy/{style}"] = scores.accuracy(name)
+        if scores.held_out_objects:
+            per_style[f"held_out_pair_accuracy/{style}"] = scores.held_out_pair_accuracy
+    return per_style
 
 
 def _pointing(model, tokenizer, scenes: SceneConfig, examples, batch, config: EvalConfig):

@@ -105,5 +105,8 @@ def test_a_held_out_style_gets_its_own_column_and_each_style_its_accuracies(tmp_
         for name in ("colour", "shape", "size"):
             assert 0.0 <= results[f"iid/{name}_accuracy/{style}"] <= 1.0
     assert "iid/shape_accuracy/plain" not in results
+    assert "iid/held_out_pair_accuracy/soft" not in results  # no held-out pairs there
+    named = [results[f"heldout/held_out_pair_accuracy/{style}"] for style in ("soft", "outline")]
+    assert all(0.0 <= share <= 1.0 for share in named)
     header = ["metric", "iid", "heldout", "style", "heldout-style"]
     assert format_table(results).splitlines()[0].split() == header
