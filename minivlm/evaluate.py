@@ -67,14 +67,31 @@ class EvalConfig:
             )
 
 
+def evaluated_splits(scenes: SceneConfig) -> tuple[str, ...]:
+    """The splits `evaluate` reports for these scenes, in order."""
+    return SPLITS if scenes.held_out_style else SPLITS[:2]
+
+
 def evaluate(
-    model: VLM, tokenizer: Tokenizer, scenes: SceneConfig, config: EvalConfig | None = None
+    model: VLM,
+    tokenizer: Tokenizer,
+    scenes: SceneConfig,
+    config: EvalConfig | None = None,
+    splits: tuple[str, ...] | None = None,
 ) -> dict:
-    """Every metric above, per split, as a flat dict of floats: {"iid/exact_match": ...}."""
+    """Every metric above, per split, as a flat dict of floats: {"iid/exact_match": ...}.
+
+    splits: some of `evaluated_splits(scenes)` only (default all). A split's metrics do
+    not depend on which others are evaluated, so processes may share the splits out."""
     config = config or EvalConfig()
+    known = evaluated_splits(scenes)
+    if splits is None:
+        splits = known
+    elif not set(splits) <= set(known):
+        raise ValueError(f"evaluate splits: expected some of {known}, got {tuple(splits)}")
     results = {}
     training_answers = _training_answers(scenes, tokenizer, config)
-    for split in SPLITS if scenes.held_out_style else SPLITS[:2]:
+    for split in splits:
         captions = SceneDataset(
             scenes, split, config.captions, config.seed, task="caption", tokenizer=tokenizer
         )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from minivlm.cli.demo import draw_pictures
-from minivlm.evaluate import EvalConfig, evaluate, format_table
+from minivlm.cli.demo import draw_pictures, evaluate_on_ranks
+from minivlm.evaluate import EvalConfig, evaluate, evaluated_splits, format_table
 from minivlm.train import preset, train
 from minivlm.viz import attention_grid, line_chart, sample_sheet
 
@@ -113,3 +114,31 @@ def test_a_held_out_style_gets_its_own_column_and_each_style_its_accuracies(tmp_
     assert in_plain == results["heldout-style/held_out_pair_accuracy"]
     header = ["metric", "iid", "heldout", "style", "heldout-style"]
     assert format_table(results).splitlines()[0].split() == header
+
+
+class _RankZeroOfTwo:
+    """Rank 0 of two whose partner evaluated `partner_results`."""
+
+    rank, size = 0, 2
+
+    def __init__(self, partner_results: dict):
+        self.partner_results = partner_results
+
+    def gather(self, value, what: str) -> list:
+        return [value, self.partner_results]
+
+
+def test_ranks_that_share_the_splits_out_report_what_one_process_does(tmp_path):
+    styles = dict(styles=["soft"], held_out_style="plain")
+    trainer = train(preset("tiny", out_dir=str(tmp_path), steps=3, data=styles))
+    scenes, config = trainer.config.data, EvalConfig(captions=8, questions=8, batch_size=8)
+    splits = evaluated_splits(scenes)
+    assert splits == ("iid", "heldout", "style", "heldout-style")
+    whole = evaluate(trainer.model, trainer.tokenizer, scenes, config)
+    # rank 1 of 2 takes the second and fourth split
+    partner = evaluate(trainer.model, trainer.tokenizer, scenes, config, splits[1::2])
+    assert {key.split("/")[0] for key in partner} == {"heldout", "heldout-style"}
+    merged = evaluate_on_ranks(trainer, config, _RankZeroOfTwo(partner))
+    assert merged == whole and list(merged) == list(whole)  # same figures, same order
+    with pytest.raises(ValueError, match="evaluate splits: expected some of"):
+        evaluate(trainer.model, trainer.tokenizer, scenes, config, ("test",))

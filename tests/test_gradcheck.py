@@ -30,7 +30,7 @@ class AttentionWithTransposedKeyGrad(Attention):
     """Planted bug: dK = scale dS Q instead of scale dS^T Q (shapes fit when Lq == Lk)."""
 
     def backward(self, d_out):
-        q, k, v, probs = self.saved
+        q, k, v, probs, _ = self.saved
         d_v = probs.swapaxes(-1, -2) @ d_out
         d_probs = d_out @ v.swapaxes(-1, -2)
         d_scores = probs * (d_probs - (d_probs * probs).sum(axis=-1, keepdims=True))

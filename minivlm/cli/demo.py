@@ -15,7 +15,7 @@ import numpy as np
 
 from ..checkpoint import atomic_write_bytes
 from ..data import SceneDataset
-from ..evaluate import EvalConfig, evaluate, format_table
+from ..evaluate import EvalConfig, evaluate, evaluated_splits, format_table
 from ..generate import answer_questions, caption_images
 from ..train.config import TrainConfig
 from ..train.distributed import process_group
@@ -29,24 +29,26 @@ def run_demo(
     out = Path(config.out_dir)
     started, model = time.perf_counter(), config.model
     group = process_group(config.device, config.rank_timeout)  # mpiexec -n P minivlm demo
-    if group.rank != 0:  # the other ranks train alongside rank 0, then leave it the rest
-        train(config, overwrite=overwrite, group=group)
-        return {}
+    lead = group.rank == 0  # the other ranks train and evaluate alongside rank 0
     ranks = f" on {group.size} ranks" if group.size > 1 else ""
-    _say(
-        f"minivlm demo: training a {model.d_model}-wide VLM ({model.fusion} fusion) for "
-        f"{config.steps} steps of {config.batch_size} procedural scenes on {config.device}"
-        f"{ranks}; output in {out}/"
-    )
+    if lead:
+        _say(
+            f"minivlm demo: training a {model.d_model}-wide VLM ({model.fusion} fusion) for "
+            f"{config.steps} steps of {config.batch_size} procedural scenes on "
+            f"{config.device}{ranks}; output in {out}/"
+        )
     trainer = train(config, overwrite=overwrite, group=group)
     trained = time.perf_counter()
     style = config.data.held_out_style
-    _say(
-        f"trained in {trained - started:.0f} s; evaluating on fresh scenes (iid, held-out "
-        f"colour-shape pairs{f', the held-out style {style!r}' if style else ''})"
-    )
+    if lead:
+        _say(
+            f"trained in {trained - started:.0f} s; evaluating on fresh scenes (iid, held-out "
+            f"colour-shape pairs{f', the held-out style {style!r}' if style else ''}){ranks}"
+        )
     eval_config = eval_config or EvalConfig(device=config.device, qa_format=config.qa_format)
-    results = evaluate(trainer.model, trainer.tokenizer, config.data, eval_config)
+    results = evaluate_on_ranks(trainer, eval_config, group)
+    if not lead:
+        return {}
     _say(additions_to_the_tutorial(config))
     _say(format_table(results))
     show_examples(trainer, eval_config.seed)
@@ -64,6 +66,24 @@ def run_demo(
         f"pictures: {', '.join(p.name for p in pictures)}"
     )
     return summary
+
+
+def evaluate_on_ranks(trainer: Trainer, eval_config: EvalConfig, group) -> dict | None:
+    """`evaluate`'s metrics, the splits shared out among the ranks (rank r takes splits r,
+    r + P, ...; every rank holds the same weights), gathered on rank 0 in the splits'
+    order: the same dict one process would compute. None on the other ranks."""
+    splits = evaluated_splits(trainer.config.data)
+    mine = splits[group.rank :: group.size]
+    results = evaluate(trainer.model, trainer.tokenizer, trainer.config.data, eval_config, mine)
+    parts = group.gather(results, "the evaluation's results")
+    if parts is None:
+        return None
+    merged = {}
+    for split in splits:  # rank split % P holds the split's metrics
+        prefix = f"{split}/"
+        part = parts[splits.index(split) % group.size]
+        merged.update({k: v for k, v in part.items() if k.startswith(prefix)})
+    return merged
 
 
 def additions_to_the_tutorial(config: TrainConfig) -> str:

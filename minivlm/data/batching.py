@@ -83,8 +83,22 @@ def image_to_array(image: Image.Image, image_size: int) -> np.ndarray:
         rgb = _to_rgb(image)
         if rgb.size != (image_size, image_size):
             rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        unit = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / 255.0  # (3, S, S)
+        return pixels_to_array(np.asarray(rgb))
     return (unit * 2.0 - 1.0).astype(np.float32)
+
+
+# byte value v -> v / 255 * 2 - 1 in float32, the same arithmetic as the array's
+_BYTE_TO_UNIT = (np.arange(256, dtype=np.float32) / 255.0 * 2.0 - 1.0).astype(np.float32)
+
+
+def pixels_to_array(pixels: np.ndarray) -> np.ndarray:
+    """(3, S, S) float32 in [-1, 1] from RGB bytes (S, S, 3) uint8: image_to_array
+    without Pillow (one table look-up a byte)."""
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(
+            f"pixels_to_array pixels: expected (S, S, 3) uint8, got {pixels.shape} {pixels.dtype}"
+        )
+    return _BYTE_TO_UNIT[np.ascontiguousarray(pixels.transpose(2, 0, 1))]  # (3, S, S)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

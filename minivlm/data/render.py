@@ -22,6 +22,11 @@ from minivlm.data.vocabulary import COLOUR_RGB, GRID, SIZE_FRACTION
 
 def render_scene(scene: Scene, image_size: int = 64) -> Image.Image:
     """The scene as an RGB image of image_size x image_size pixels."""
+    return Image.fromarray(render_pixels(scene, image_size), "RGB")
+
+
+def render_pixels(scene: Scene, image_size: int = 64) -> np.ndarray:
+    """render_scene's pixels, (S, S, 3) uint8, without the Pillow image around them."""
     _check_image_size(image_size)
     rng = np.random.default_rng(scene.noise_seed)
     pixels = rng.standard_normal((image_size, image_size, 3), dtype=np.float32)  # (S, S, 3)
@@ -34,7 +39,7 @@ def render_scene(scene: Scene, image_size: int = 64) -> Image.Image:
         patch += alpha[:, :, None] * (colour - patch)  # = patch (1 - alpha) + colour alpha
     np.rint(pixels, out=pixels)
     np.clip(pixels, 0, 255, out=pixels)
-    return Image.fromarray(pixels.astype(np.uint8), "RGB")
+    return pixels.astype(np.uint8)
 
 
 def object_masks(scene: Scene, image_size: int = 64) -> np.ndarray:

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from minivlm.data.batching import Example, image_to_array
+from minivlm.data.batching import Example, pixels_to_array
 from minivlm.data.captions import caption
 from minivlm.data.config import SPLITS, SceneConfig
 from minivlm.data.language import lexicon_texts
 from minivlm.data.questions import QA, answer_text, sample_balanced_qa, sample_scene_questions
-from minivlm.data.render import render_scene
+from minivlm.data.render import render_pixels, render_scene
 from minivlm.data.scenes import Scene, sample_scene, scene_rng
 from minivlm.data.tokenizer import Tokenizer
 
@@ -123,9 +123,7 @@ class SceneDataset:
 
     def __getitem__(self, index: int) -> Example:
         record = self.record(index)
-        image = image_to_array(
-            render_scene(record.scene, self.config.image_size), self.config.image_size
-        )
+        image = pixels_to_array(render_pixels(record.scene, self.config.image_size))
         if record.task == "caption":
             ids, loss_start = self.tokenizer.caption_sequence(record.caption)
             return Example(

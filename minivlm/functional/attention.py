@@ -83,19 +83,25 @@ class Attention(Function):
         probs = xp.exp(scores, out=scores)
         total = probs.sum(axis=-1, keepdims=True)
         probs /= xp.where(total > 0, total, 1)                # all-masked row: P = 0
-        self.save(q, k, v, probs)
         out = matmul_heads(probs, v, like=q)                  # (B, H, Lq, d)
+        self.save(q, k, v, probs, out)
         return (out, probs) if self.return_weights else out
 
     def backward(self, d_out, d_weights=None):
-        q, k, v, probs = self.saved
+        q, k, v, probs, out = self.saved
         # forward was O = P V
         d_v = matmul_heads(probs.swapaxes(-1, -2), d_out, v)  # (B, H, Lk, d)   dV = P^T dO
         d_probs = d_out @ v.swapaxes(-1, -2)                  # (B, H, Lq, Lk)  dP = dO V^T
-        if d_weights is not None:
+        # P = softmax(S), so dS = P * (dP - D) with D = rowsum(dP * P)      (B, H, Lq, 1)
+        if d_weights is None:
+            # rowsum_k P_ik dP_ik = rowsum_k P_ik (dO_i . v_k) = dO_i . O_i: d terms, not Lk
+            row_dot = (d_out * out).sum(axis=-1, keepdims=True)
+        else:
             d_probs += d_weights                              # P was also an output
-        # P = softmax(S), so dS = P * (dP - rowsum(dP * P))
-        d_scores = probs * (d_probs - (d_probs * probs).sum(axis=-1, keepdims=True))
+            row_dot = (d_probs * probs).sum(axis=-1, keepdims=True)
+        d_scores = d_probs                                    # dP's memory, in place:
+        d_scores -= row_dot
+        d_scores *= probs
         # S = scale * Q K^T, so dQ = scale dS K and dK = scale dS^T Q
         d_scores *= q.dtype.type(self.scale)
         d_q = matmul_heads(d_scores, k, q)                    # (B, H, Lq, d)
