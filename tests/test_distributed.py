@@ -19,7 +19,7 @@ import pytest
 
 from minivlm.checkpoint import load_weights
 from minivlm.train import latest_checkpoint
-from minivlm.train.distributed import FlatGradients, SingleProcess, launched_ranks
+from minivlm.train.distributed import FlatGradients, MPIGroup, SingleProcess, launched_ranks
 
 pytest.importorskip("mpi4py")
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
@@ -176,3 +176,24 @@ def test_ranks_2_starts_mpiexec_itself_and_trains_as_two_ranks(one_process, tmp_
     assert result.returncode == 0, result.stderr
     assert "minivlm: 2 ranks: " in result.stdout and "on 2 ranks" in result.stdout
     _assert_close(out, one_process)
+
+
+class _DoneAfter:
+    """A request that completes at its n-th Test()."""
+
+    def __init__(self, polls: int):
+        self.polls = polls
+
+    def Test(self) -> bool:  # noqa: N802 (mpi4py's name)
+        self.polls -= 1
+        return self.polls <= 0
+
+
+def test_a_rank_that_waits_works_while_it_waits_and_sleeps_only_when_work_runs_out():
+    group = MPIGroup.__new__(MPIGroup)  # the polling alone: no MPI needed
+    group.rank, group.size, group.timeout = 0, 2, 10.0
+    pieces = iter(range(3))  # three pieces of work, then none
+    group.while_waiting = lambda: next(pieces, None) is not None
+    request = _DoneAfter(polls=6)
+    group._wait(request, "a test")
+    assert request.polls == 0 and next(pieces, None) is None  # all three done, then polled on

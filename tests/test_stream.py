@@ -62,3 +62,26 @@ def test_a_ranks_rows_are_the_whole_batchs_rows_padded_to_their_own_longest():
     for name in ("inputs", "targets", "answers"):
         np.testing.assert_array_equal(getattr(mine, name), getattr(whole, name)[rows, :width])
     _assert_same(next(stream_batches(stream, 5, 6, rows=rows)), mine)
+
+
+def test_batches_built_ahead_an_example_at_a_time_are_the_streams_batches():
+    """A rank that waits for the others builds its next batch meanwhile (build_one); how
+    much of a batch was built ahead changes nothing in it."""
+    stream, rows = _stream(qa_start_step=0), np.array([1, 3])
+    builder = stream_batches(stream, 2, 6, rows=rows)
+    ahead_counts = [0, 1, 2, 5]  # none, part, all (and asking past the batch's end)
+    for step, ahead in zip(range(2, 6), ahead_counts, strict=True):
+        built = sum(builder.build_one() for _ in range(ahead))
+        assert built == min(ahead, len(rows))
+        _assert_same(next(builder), stream.batch(step, rows))
+    assert not builder.build_one()  # nothing left to build
+    with pytest.raises(StopIteration):
+        next(builder)
+
+
+def test_a_closed_builder_builds_nothing_more():
+    builder = stream_batches(_stream(), 0, 3)
+    next(builder)
+    builder.close()
+    assert not builder.build_one()
+    assert list(builder) == []

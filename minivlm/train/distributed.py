@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -80,6 +81,9 @@ class MPIGroup:
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
         self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+        # work to do while waiting for the other ranks, a piece a call (False: none left);
+        # training sets it to BatchBuilder.build_one
+        self.while_waiting: Callable[[], bool] | None = None
 
     def allreduce_sum(self, buffer: np.ndarray, what: str) -> None:
         """buffer (n,) float32, in place: the sum over the ranks."""
@@ -110,8 +114,9 @@ class MPIGroup:
         os._exit(1)
 
     def _wait(self, request, what: str) -> None:
-        """Poll until done; sleep between polls (from 20 us up to 0.5 ms) to leave the
-        cores to the other ranks, which share them on a small machine."""
+        """Poll until done; between polls, do a piece of `while_waiting`'s work, or when
+        there is none, sleep (from 20 us up to 0.5 ms) to leave the cores to the other
+        ranks, which share them on a small machine."""
         started, pause = time.monotonic(), 2e-5
         while not request.Test():
             if time.monotonic() - started > self.timeout:
@@ -119,6 +124,8 @@ class MPIGroup:
                     f"rank {self.rank} of {self.size}: the other ranks did not join {what} "
                     f"within {self.timeout:g} s (--rank-timeout); one has hung or died"
                 )
+            if self.while_waiting is not None and self.while_waiting():
+                continue
             time.sleep(pause)
             pause = min(2 * pause, 5e-4)
 

@@ -14,13 +14,14 @@ would, and batch workers can build them ahead.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from ..data import Batch, FolderDataset, Tokenizer, collate
+from ..data import Batch, Example, FolderDataset, Tokenizer, collate
 
 
 @lru_cache(maxsize=8)
@@ -108,5 +109,9 @@ class FolderStream:
 
     def batch(self, step: int, rows: np.ndarray | None = None) -> Batch:
         """Batch `step`, or only its `rows` (indices into it), as TrainingStream.batch."""
+        return collate(list(self.examples(step, rows)), max_len=self.max_len)
+
+    def examples(self, step: int, rows: np.ndarray | None = None) -> Iterator[Example]:
+        """The examples of `batch(step, rows)`, each read when it is asked for."""
         picked = self.rows_of(step) if rows is None else self.rows_of(step)[rows]
-        return collate([self.dataset[int(i)] for i in picked], max_len=self.max_len)
+        return (self.dataset[int(i)] for i in picked)

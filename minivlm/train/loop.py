@@ -33,7 +33,7 @@ from ..data import (
     default_tokenizer,
     get_language,
 )
-from ..data.stream import TrainingStream, stream_batches
+from ..data.stream import BatchBuilder, TrainingStream, stream_batches
 from ..models import VLM
 from ..optim import AdamW, WarmupCosine, clip_grad_norm_
 from . import run_folder
@@ -384,6 +384,8 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
     batches = stream_batches(
         trainer.stream(), trainer.step, end, config.data_workers, trainer.my_rows()
     )
+    if isinstance(batches, BatchBuilder) and trainer.group.size > 1:
+        trainer.group.while_waiting = batches.build_one  # build ahead instead of idling
     started, samples = time.perf_counter(), 0
     try:
         for batch in batches:
@@ -421,6 +423,8 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
                 bar.update(1)
     finally:
         batches.close()  # stops the workers, if any
+        if trainer.group.size > 1:
+            trainer.group.while_waiting = None
         if log is not None:
             log.close()
         if bar is not None:
