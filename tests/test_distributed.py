@@ -145,6 +145,10 @@ def test_the_ranks_benchmark_reports_samples_per_second_and_efficiency(tmp_path,
     rows = json.loads((tmp_path / "train_ranks.json").read_text())["rows"]
     assert [row["ranks"] for row in rows] == [1, 2]
     assert rows[0]["efficiency"] == 1.0 and rows[1]["samples_per_s"] > 0
+    # where rank 0's step went: one process sums nothing; two ranks wait and sum
+    assert "build / compute / allreduce" in printed
+    assert rows[0]["rank0_ms"]["allreduce"] == 0 < rows[1]["rank0_ms"]["allreduce"]
+    assert all(row["rank0_ms"]["build"] >= 0 and row["rank0_ms"]["compute"] > 0 for row in rows)
 
 
 def test_the_demo_on_two_ranks_trains_together_and_rank_0_alone_reports(tmp_path):

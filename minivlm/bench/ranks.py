@@ -61,7 +61,15 @@ def run_ranks(counts: list[int], model: str, steps: int, warmup: int, blocks: in
     rows = []
     for p in counts:
         rates = [r["samples_per_s"] for r in runs[p]]
-        rows.append({"ranks": p, "samples_per_s": statistics.median(rates), "blocks": rates})
+        median = sorted(runs[p], key=lambda r: r["samples_per_s"])[(len(rates) - 1) // 2]
+        rows.append(
+            {
+                "ranks": p,
+                "samples_per_s": statistics.median(rates),
+                "blocks": rates,
+                "rank0_ms": median["rank0_ms"],  # the median block's (the lower of two)
+            }
+        )
     base = rows[0]["samples_per_s"] if counts[0] == 1 else None
     for row in rows:
         row["efficiency"] = base and row["samples_per_s"] / base
@@ -74,37 +82,68 @@ def format_ranks_table(report: dict, machine: str) -> str:
         f"{report['model']} preset, {report['steps']} training steps after {report['warmup']} "
         f"warm-up, {report['cores']} cores shared by the ranks; median of "
         f"{len(report['rows'][0]['blocks'])} alternating blocks",
-        f"{'ranks':>5}  {'samples/s':>10}  {'blocks':>24}  {'efficiency':>10}",
+        f"{'ranks':>5}  {'samples/s':>10}  {'blocks':>24}  {'efficiency':>10}  "
+        f"{'rank 0, ms a step: build / compute / allreduce':>46}",
     ]
     for row in report["rows"]:
         blocks = ", ".join(f"{r:.1f}" for r in row["blocks"])
         efficiency = "" if row["efficiency"] is None else f"{row['efficiency']:.2f}"
+        ms = row["rank0_ms"]
+        parts = f"{ms['build']:.1f} / {ms['compute']:.1f} / {ms['allreduce']:.1f}"
         lines.append(
-            f"{row['ranks']:>5}  {row['samples_per_s']:>10.1f}  {blocks:>24}  {efficiency:>10}"
+            f"{row['ranks']:>5}  {row['samples_per_s']:>10.1f}  {blocks:>24}  {efficiency:>10}  "
+            f"{parts:>46}"
         )
+    lines.append(
+        "build: what is left of this rank's rows when the step starts; compute: forward, "
+        "backward, clipping, AdamW; allreduce: waiting for the other ranks (building the "
+        "next batch meanwhile) and the sum"
+    )
     return "\n".join(lines)
 
 
 def _worker(model: str, steps: int, warmup: int) -> None:
-    """Under mpiexec: train `warmup` + `steps` steps of preset `model`; rank 0 prints JSON."""
+    """Under mpiexec: train `warmup` + `steps` steps of preset `model` as training does
+    (each rank its rows, its next batch built while it waits at the allreduce); rank 0
+    prints JSON: samples/s and where its time went, in ms a step."""
     from ..train import Trainer, preset
     from ..train.distributed import process_group
+    from ..train.loop import training_batches
 
     config = preset(model, steps=steps + warmup, warmup_steps=1, progress=False)
     group = process_group(config.device, config.rank_timeout)
     trainer = Trainer.create(config, group)
     trainer.share_weights()
     corruption, greyscale = trainer.augmentations()
-    stream = trainer.stream()
+    batches = training_batches(trainer, config.steps)
+    clock = time.perf_counter
+    parts = {"build": 0.0, "allreduce": 0.0, "step": 0.0}
+    allreduce = group.allreduce_sum
+
+    def timed_allreduce(buffer, what: str) -> None:  # the waiting, and building meanwhile
+        began = clock()
+        allreduce(buffer, what)
+        parts["allreduce"] += clock() - began
+
+    group.allreduce_sum = timed_allreduce
     for step in range(warmup + steps):
         if step == warmup:
             group.barrier("the timing's start")
-            started = time.perf_counter()
-        trainer.train_step(stream.batch(step, trainer.my_rows()), corruption, greyscale)
-    seconds = time.perf_counter() - started
+            started = clock()
+            parts = dict.fromkeys(parts, 0.0)
+        began = clock()
+        batch = next(batches)
+        built = clock()
+        trainer.train_step(batch, corruption, greyscale)
+        parts["build"] += built - began
+        parts["step"] += clock() - built
+    seconds = clock() - started
     if group.rank == 0:
         rate = steps * config.batch_size / seconds
-        print(json.dumps({"ranks": group.size, "samples_per_s": rate, "seconds": seconds}))
+        ms = {name: 1e3 * value / steps for name, value in parts.items()}
+        ms["compute"] = ms.pop("step") - ms["allreduce"]  # forward, backward, clip, AdamW
+        print(json.dumps({"ranks": group.size, "samples_per_s": rate, "seconds": seconds,
+                          "rank0_ms": ms}))  # fmt: skip
 
 
 if __name__ == "__main__":

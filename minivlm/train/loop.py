@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -381,11 +382,7 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     log = open(out / run_folder.LOG_FILE, "a") if lead else None
     bar = _progress(config, trainer.step, end) if lead else None
-    batches = stream_batches(
-        trainer.stream(), trainer.step, end, config.data_workers, trainer.my_rows()
-    )
-    if isinstance(batches, BatchBuilder) and trainer.group.size > 1:
-        trainer.group.while_waiting = batches.build_one  # build ahead instead of idling
+    batches = training_batches(trainer, end)
     started, samples = time.perf_counter(), 0
     try:
         for batch in batches:
@@ -431,6 +428,19 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
             log.close()
         if bar is not None:
             bar.close()
+
+
+def training_batches(trainer: Trainer, end: int) -> BatchBuilder | Iterator[Batch]:
+    """This rank's batches from trainer.step to `end` (stream_batches). Built in this
+    process, a rank of several builds its next batch while it waits for the others at
+    the allreduce; close() the result, then set trainer.group.while_waiting to None."""
+    config = trainer.config
+    batches = stream_batches(
+        trainer.stream(), trainer.step, end, config.data_workers, trainer.my_rows()
+    )
+    if isinstance(batches, BatchBuilder) and trainer.group.size > 1:
+        trainer.group.while_waiting = batches.build_one  # build ahead instead of idling
+    return batches
 
 
 def _stopped(trainer: Trainer, out: Path, error: Exception) -> NonFiniteError:
