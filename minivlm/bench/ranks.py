@@ -115,7 +115,6 @@ def _worker(model: str, steps: int, warmup: int) -> None:
     trainer = Trainer.create(config, group)
     trainer.share_weights()
     corruption, greyscale = trainer.augmentations()
-    batches = training_batches(trainer, config.steps)
     clock = time.perf_counter
     parts = {"build": 0.0, "allreduce": 0.0, "step": 0.0}
     allreduce = group.allreduce_sum
@@ -126,17 +125,18 @@ def _worker(model: str, steps: int, warmup: int) -> None:
         parts["allreduce"] += clock() - began
 
     group.allreduce_sum = timed_allreduce
-    for step in range(warmup + steps):
-        if step == warmup:
-            group.barrier("the timing's start")
-            started = clock()
-            parts = dict.fromkeys(parts, 0.0)
-        began = clock()
-        batch = next(batches)
-        built = clock()
-        trainer.train_step(batch, corruption, greyscale)
-        parts["build"] += built - began
-        parts["step"] += clock() - built
+    with training_batches(trainer, config.steps) as batches:
+        for step in range(warmup + steps):
+            if step == warmup:
+                group.barrier("the timing's start")
+                started = clock()
+                parts = dict.fromkeys(parts, 0.0)
+            began = clock()
+            batch = next(batches)
+            built = clock()
+            trainer.train_step(batch, corruption, greyscale)
+            parts["build"] += built - began
+            parts["step"] += clock() - built
     seconds = clock() - started
     if group.rank == 0:
         rate = steps * config.batch_size / seconds

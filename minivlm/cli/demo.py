@@ -79,10 +79,9 @@ def evaluate_on_ranks(trainer: Trainer, eval_config: EvalConfig, group) -> dict 
     if parts is None:
         return None
     merged = {}
-    for split in splits:  # rank split % P holds the split's metrics
-        prefix = f"{split}/"
-        part = parts[splits.index(split) % group.size]
-        merged.update({k: v for k, v in part.items() if k.startswith(prefix)})
+    for index, split in enumerate(splits):  # rank index % P holds the split's metrics
+        part = parts[index % group.size]
+        merged.update({k: v for k, v in part.items() if k.startswith(f"{split}/")})
     return merged
 
 

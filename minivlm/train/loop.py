@@ -380,11 +380,13 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
     config, lead = trainer.config, trainer.group.rank == 0
     corruption, greyscale = trainer.augmentations()
     end = config.steps if stop_at is None else min(stop_at, config.steps)
-    log = open(out / run_folder.LOG_FILE, "a") if lead else None
-    bar = _progress(config, trainer.step, end) if lead else None
-    batches = training_batches(trainer, end)
     started, samples = time.perf_counter(), 0
-    try:
+    outputs = (
+        _lead_outputs(out, config, trainer.step, end)
+        if lead
+        else contextlib.nullcontext((None, None))
+    )
+    with training_batches(trainer, end) as batches, outputs as (log, bar):
         for batch in batches:
             try:
                 loss = trainer.train_step(batch, corruption, greyscale)
@@ -420,27 +422,38 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
                     refresh=False,
                 )
                 bar.update(1)
-    finally:
-        batches.close()  # stops the workers, if any
-        if trainer.group.size > 1:
-            trainer.group.while_waiting = None
-        if log is not None:
-            log.close()
-        if bar is not None:
-            bar.close()
 
 
-def training_batches(trainer: Trainer, end: int) -> BatchBuilder | Iterator[Batch]:
-    """This rank's batches from trainer.step to `end` (stream_batches). Built in this
-    process, a rank of several builds its next batch while it waits for the others at
-    the allreduce; close() the result, then set trainer.group.while_waiting to None."""
+@contextlib.contextmanager
+def training_batches(trainer: Trainer, end: int) -> Iterator[BatchBuilder | Iterator[Batch]]:
+    """This rank's batches from trainer.step to `end` (stream_batches), for a with
+    block. Built in this process, a rank of several builds its next batch while it
+    waits for the others at the allreduce, until the block ends."""
     config = trainer.config
     batches = stream_batches(
         trainer.stream(), trainer.step, end, config.data_workers, trainer.my_rows()
     )
-    if isinstance(batches, BatchBuilder) and trainer.group.size > 1:
+    builds_ahead = isinstance(batches, BatchBuilder) and trainer.group.size > 1
+    if builds_ahead:
         trainer.group.while_waiting = batches.build_one  # build ahead instead of idling
-    return batches
+    try:
+        yield batches
+    finally:
+        batches.close()  # stops the workers, if any
+        if builds_ahead:
+            trainer.group.while_waiting = None
+
+
+@contextlib.contextmanager
+def _lead_outputs(out: Path, config: TrainConfig, start: int, end: int):
+    """Rank 0's log file (appended to) and progress bar (None without progress)."""
+    bar = _progress(config, start, end)
+    try:
+        with open(out / run_folder.LOG_FILE, "a") as log:
+            yield log, bar
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _stopped(trainer: Trainer, out: Path, error: Exception) -> NonFiniteError:
