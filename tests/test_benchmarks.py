@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from minivlm import cuda_available
-from minivlm.bench import attention, harness, ops, train
+from minivlm.bench import attention, harness, ops, step_parts, train
 from minivlm.cli import build_parser, main
 from minivlm.models import VLM
 
@@ -308,6 +308,48 @@ def test_a_training_step_with_wrong_gradients_is_refused_before_it_is_timed():
         and row["reason"].split(":")[0].endswith("(float64)")
         and "relative error 1.00e+00 > tolerance 1e-08" in row["reason"]
     )
+
+
+def test_parts_take_a_step_apart_into_parts_that_add_up_to_it(capsys):
+    argv = ["--quick", "--repeats", "2", "--warmup", "1", "--device", "cpu", "--parts"]
+    report = train.run_train_benchmark(train.options(argv), log=_quiet)
+    frameworks = report["parts"]["tiny"]
+    assert set(frameworks) == ({"minivlm", "torch"} if _torch_installed() else {"minivlm"})
+    for name, rows in frameworks.items():
+        assert list(rows) == list(step_parts.ROWS)
+        parts = sum(rows[row] for row in step_parts.ROWS[:-1])
+        assert parts == pytest.approx(rows["step"]), name
+        # the tiny model has linears, attention, layer norms, a ReLU and encoder dropout
+        for part in ("matrix products", "attention", "layer norm", "ReLU", "dropout", "optimizer"):
+            assert rows[part] > 0, (name, part)
+    lines = step_parts.format_parts_table(report["parts"]).splitlines()
+    assert [line.split()[1:-3] for line in lines[3:]] == [row.split() for row in step_parts.ROWS]
+
+
+def test_our_op_times_sorts_each_function_into_its_part_and_unwraps_after():
+    from minivlm import F, Tensor
+    from minivlm.autograd import Function
+    from minivlm.functional.matmul import Linear
+
+    x = Tensor(np.ones((3, 4), np.float32), requires_grad=True)
+    weight = Tensor(np.ones((2, 4), np.float32), requires_grad=True)
+    methods = {cls: dict(vars(cls)) for cls in (Function, Linear)}
+    with step_parts.our_op_times() as times:
+        F.relu(F.linear(x, weight)).sum().backward()
+    assert set(times) == {"matrix products", "ReLU", "other ops"}  # Sum is another op
+    assert all(seconds > 0 for seconds in times.values())
+    assert {cls: dict(vars(cls)) for cls in (Function, Linear)} == methods
+
+
+def test_torch_ops_are_sorted_by_name_and_ranges_are_left_out():
+    assert step_parts.torch_part("aten::addmm") == "matrix products"
+    assert step_parts.torch_part("aten::_scaled_dot_product_flash_attention_for_cpu") == (
+        "attention"
+    )
+    assert step_parts.torch_part("aten::native_layer_norm_backward") == "layer norm"
+    assert step_parts.torch_part("aten::add_") == "other ops"
+    assert step_parts.torch_part("Optimizer.step#AdamW.step") is None
+    assert step_parts.torch_part("autograd::engine::evaluate_function: MmBackward0") is None
 
 
 def test_bench_registers_attention_ops_and_train_on_the_minivlm_command():

@@ -87,22 +87,42 @@ def check_entries(float32: dict, float64: dict) -> dict[str, np.ndarray]:
     }
 
 
-def minivlm_candidate(config, state: dict, device: str, batches: list) -> harness.Candidate:
-    """Our VLM and AdamW on `device`."""
-    from .. import F, Tensor
-    from ..backend import to_device, to_numpy
+def our_training(config, state: dict, device: str, batches: list) -> tuple:
+    """(model, AdamW, inputs): our float32 VLM from `state` on `device`, its optimizer, and
+    `batches` as (images Tensor, tokens, targets) there."""
+    from .. import Tensor
+    from ..backend import to_device
     from ..models import VLM
     from ..optim import AdamW
 
-    def on_device(dtype):
-        model = VLM(config)
-        model.load_state_dict(state)
-        return model.to(device, dtype=dtype)
-
-    model = on_device(np.float32)
+    model = VLM(config)
+    model.load_state_dict(state)
+    model.to(device, dtype=np.float32)
     optimizer = AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     inputs = [(Tensor(to_device(images, device)), *(to_device(a, device) for a in text))
               for images, *text in batches]  # fmt: skip
+    return model, optimizer, inputs
+
+
+def torch_training(config, state: dict, device: str, batches: list) -> tuple:
+    """(twin, torch.optim.AdamW, inputs): the PyTorch twin's counterparts."""
+    import torch
+
+    from .torch_twin import twin_of
+
+    twin = twin_of(config, state, device)
+    optimizer = torch.optim.AdamW(twin.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    inputs = [[torch.as_tensor(a).to(device) for a in batch] for batch in batches]
+    return twin, optimizer, inputs
+
+
+def minivlm_candidate(config, state: dict, device: str, batches: list) -> harness.Candidate:
+    """Our VLM and AdamW on `device`."""
+    from .. import F, Tensor
+    from ..backend import to_numpy
+    from ..models import VLM
+
+    model, optimizer, inputs = our_training(config, state, device, batches)
 
     def loss_and_gradients(model, images) -> dict:
         model.eval()
@@ -116,9 +136,11 @@ def minivlm_candidate(config, state: dict, device: str, batches: list) -> harnes
 
     def gradients() -> dict:
         images64 = Tensor(inputs[0][0].data.astype(np.float64))
+        model64 = VLM(config)
+        model64.load_state_dict(state)
         return check_entries(
             loss_and_gradients(model, inputs[0][0]),
-            loss_and_gradients(on_device(np.float64), images64),
+            loss_and_gradients(model64.to(device, dtype=np.float64), images64),
         )
 
     def step(index: int) -> None:
@@ -133,14 +155,11 @@ def minivlm_candidate(config, state: dict, device: str, batches: list) -> harnes
 
 def torch_candidate(config, state: dict, device: str, batches: list) -> harness.Candidate:
     """The PyTorch twin and torch.optim.AdamW on `device`."""
-    import torch
     import torch.nn.functional as tf
 
     from .torch_twin import twin_of
 
-    twin = twin_of(config, state, device)
-    optimizer = torch.optim.AdamW(twin.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
-    inputs = [[torch.as_tensor(a).to(device) for a in batch] for batch in batches]
+    twin, optimizer, inputs = torch_training(config, state, device, batches)
 
     def loss_and_gradients(twin, images) -> dict:
         twin.eval()
@@ -199,7 +218,7 @@ def run_train_benchmark(args: argparse.Namespace, makers: dict | None = None, lo
     makers = makers or {name: MAKERS[name] for name in args.framework}
     devices = ("cpu", "cuda") if args.device == "all" else (args.device,)
     rng = np.random.default_rng(args.seed)
-    results, models = [], []
+    results, models, parts = [], [], {}
     for model_name in args.models:
         config, batch, length = model_case(model_name)
         manual_seed(args.seed)
@@ -238,17 +257,32 @@ def run_train_benchmark(args: argparse.Namespace, makers: dict | None = None, lo
         rows.update(harness.check_then_time(
             candidates, reference, tolerance, args.repeats, args.warmup, 1e-3 * largest
         ))  # fmt: skip
+        if getattr(args, "parts", False):
+            parts[model_name] = _step_parts(args, config, state, batches, rows)
         for name, result in rows.items():
             step = result.setdefault("step", None)
             rate = step and batch / step["median"]
             results.append({**result, "model": model_name, "samples_per_second": rate})
             log(f"{model_name} {name}: {result['status']}")
     pairs = [(f"minivlm-{device}", f"torch-{device}") for device in devices]
-    return {
+    report = {
         "benchmark": "train", "machine": machine, "config": harness.settings(args),
         "models": models, "results": results,
         "ratios": harness.ratios(results, pairs, ("model",), ("step",)),
     }  # fmt: skip
+    return {**report, "parts": parts} if parts else report
+
+
+def _step_parts(args, config, state: dict, batches: list, rows: dict) -> dict:
+    """--parts: {framework: {row: ms}} of each framework whose CPU step passed its check."""
+    from .step_parts import our_parts, torch_parts
+
+    takers = {"minivlm": our_parts, "torch": torch_parts}
+    return {
+        framework: takers[framework](config, state, batches, args.repeats, args.warmup)
+        for framework in args.framework
+        if (rows.get(f"{framework}-cpu") or {}).get("status") == "ok"
+    }
 
 
 def format_train_table(report: dict) -> str:
@@ -297,6 +331,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--quick", action="store_true", help="the tiny model, 3 steps")
     add("--json", type=Path, default=Path("benchmarks/out/train.json"), help="the report")
     add(
+        "--parts",
+        action="store_true",
+        help="then where each CPU step's time goes, ours and PyTorch's: matrix products, "
+        "attention, layer norm, ReLU, other ops, the engine, the optimizer",
+    )
+    add(
         "--ranks",
         type=_rank_counts,
         help="e.g. 1,2: instead, samples/s of real training steps of the demo preset (the "
@@ -325,6 +365,10 @@ def run_from_args(args: argparse.Namespace) -> int:
         return _run_ranks(args)
     report = run_train_benchmark(harness.with_defaults(args, DEFAULTS, QUICK))
     print(format_train_table(report))
+    if "parts" in report:
+        from .step_parts import format_parts_table
+
+        print("\n" + format_parts_table(report["parts"]))
     print(f"\nJSON: {harness.write_report(report, args.json, ('step',))}")
     return 1 if any(r["status"] in ("wrong", "error") for r in report["results"]) else 0
 

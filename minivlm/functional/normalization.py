@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from ..autograd import Function, Tensor
 from ..backend import get_array_module, is_cupy
+from ..kernels_cpu.threads import split_rows
 from ..kernels_cuda import layer_norm as cuda_kernels
 
 
@@ -26,24 +27,20 @@ class LayerNorm(Function):
         self.fused_cuda = is_cupy(xp) and self.has_weight and self.has_bias
         if self.fused_cuda:
             return self._forward_cuda(x, *affine)
-        width = x.shape[-1]
-        # Every row reduction is a BLAS product with a constant vector, which runs on all
-        # cores, where x.mean(axis=-1) loops on one: x @ by_row = x.mean(axis=-1).
-        by_row = xp.full(width, 1 / width, x.dtype)           # (C,)
-        xc = x - (x @ by_row)[:, None]                        # (R, C)
-        # mean is off by its rounding error (~ulp(1e4) in float32, a tenth of a 1e-2
-        # spread); x - mean is exact for x near mean, so the mean of xc finds that error
-        xc -= (xc @ by_row)[:, None]
-        var = xp.einsum("rc,rc->r", xc, xc) / width           # (R,), biased like PyTorch
-        rstd = (1 / xp.sqrt(var + self.eps))[:, None]         # (R, 1)
-        xhat = xp.multiply(xc, rstd, out=xc)                  # (R, C)
         weight = affine[0] if self.has_weight else None
+        bias = affine[-1] if self.has_bias else None
+        xhat, rstd = xp.empty_like(x), xp.empty((x.shape[0], 1), x.dtype)  # (R, C), (R, 1)
+        y = xp.empty_like(x) if self.has_weight or self.has_bias else xhat
+
+        def rows(part):  # each row is normalised on its own: cores may take runs of rows
+            _standardise(x[part], self.eps, xhat[part], rstd[part])
+            if weight is not None:
+                xp.multiply(xhat[part], weight, out=y[part])
+            if bias is not None:
+                xp.add(xhat[part] if weight is None else y[part], bias, out=y[part])
+
+        split_rows(rows, x, passes=9)
         self.save(xhat, rstd, weight)
-        if not self.has_weight:
-            return xhat + affine[-1] if self.has_bias else xhat
-        y = xhat * weight
-        if self.has_bias:
-            y += affine[-1]
         return y
 
     def backward(self, dy):                                   # dy (R, C)
@@ -51,24 +48,20 @@ class LayerNorm(Function):
             return self._backward_cuda(dy)
         xhat, rstd, weight = self.saved
         xp = get_array_module(dy)
-        by_row = xp.full(dy.shape[-1], 1 / dy.shape[-1], dy.dtype)  # (C,), as in forward
-        # forward was y = xhat * w + b; dxhat is a new array, turned into dx in place below
-        dxhat = dy * weight if self.has_weight else dy.copy()  # (R, C)
-        # xhat = (x - mean) * rstd, so three terms:
-        #   dx = rstd * (dxhat                                1: direct
-        #                - mean(dxhat)                        2: through mean
-        #                - xhat * mean(dxhat * xhat))         3: through rstd
-        through_mean = (dxhat @ by_row)[:, None]              # (R, 1)
-        through_rstd = xp.einsum("rc,rc->r", dxhat, xhat)[:, None] / dy.shape[-1]  # (R, 1)
-        dx = dxhat
-        dx -= through_mean
-        dx -= xhat * through_rstd
-        dx *= rstd
+        dx = xp.empty_like(dy)                                # (R, C)
+        # dw and db sum over rows: products with a row of ones, after the rows' part
+        dy_xhat = xp.empty_like(dy) if self.has_weight else None
+
+        def rows(part):
+            _input_gradient(dy[part], xhat[part], rstd[part], weight, out=dx[part])
+            if dy_xhat is not None:
+                xp.multiply(dy[part], xhat[part], out=dy_xhat[part])
+
+        split_rows(rows, dy, passes=11)
         grads = [dx]
-        # dw and db sum over rows: a product with a row of ones
         ones = xp.ones(dy.shape[0], dy.dtype)                 # (R,)
         if self.has_weight:
-            grads.append(ones @ (dy * xhat))                  # dw (C,)
+            grads.append(ones @ dy_xhat)                      # dw (C,)
         if self.has_bias:
             grads.append(ones @ dy)                           # db (C,)
         return tuple(grads)
@@ -91,6 +84,45 @@ class LayerNorm(Function):
         dx, dw, db = cuda_kernels.layer_norm_backward(dy, xhat, weight, zero_mean, unit_rstd)
         dx *= rstd                                            # (R, C)
         return dx, dw, db
+
+
+def _standardise(x, eps: float, xhat, rstd) -> None:
+    """xhat = (x - mean) * rstd and rstd = 1 / sqrt(var + eps) of each row of x (R, C),
+    written into xhat (R, C) and rstd (R, 1)."""
+    xp = get_array_module(x)
+    width = x.shape[-1]
+    # Every row reduction is a BLAS product with a constant vector, which runs on all
+    # cores, where x.mean(axis=-1) loops on one: x @ by_row = x.mean(axis=-1).
+    by_row = xp.full(width, 1 / width, x.dtype)               # (C,)
+    xc = xp.subtract(x, (x @ by_row)[:, None], out=xhat)      # (R, C)
+    # mean is off by its rounding error (~ulp(1e4) in float32, a tenth of a 1e-2
+    # spread); x - mean is exact for x near mean, so the mean of xc finds that error
+    xc -= (xc @ by_row)[:, None]
+    var = xp.einsum("rc,rc->r", xc, xc) / width               # (R,), biased like PyTorch
+    xp.divide(1, xp.sqrt(var + eps), out=rstd[:, 0])          # (R, 1)
+    xc *= rstd                                                # xhat
+
+
+def _input_gradient(dy, xhat, rstd, weight, out) -> None:
+    """dx of each row, written into `out` (R, C), from dy, xhat (R, C), rstd (R, 1)."""
+    xp = get_array_module(dy)
+    by_row = xp.full(dy.shape[-1], 1 / dy.shape[-1], dy.dtype)  # (C,), as in forward
+    # forward was y = xhat * w + b; dxhat is formed in out, turned into dx in place below
+    dxhat = out                                               # (R, C)
+    if weight is None:
+        dxhat[...] = dy
+    else:
+        xp.multiply(dy, weight, out=dxhat)
+    # xhat = (x - mean) * rstd, so three terms:
+    #   dx = rstd * (dxhat                                1: direct
+    #                - mean(dxhat)                        2: through mean
+    #                - xhat * mean(dxhat * xhat))         3: through rstd
+    through_mean = (dxhat @ by_row)[:, None]              # (R, 1)
+    through_rstd = xp.einsum("rc,rc->r", dxhat, xhat)[:, None] / dy.shape[-1]  # (R, 1)
+    dx = dxhat
+    dx -= through_mean
+    dx -= xhat * through_rstd
+    dx *= rstd
 
 
 def layer_norm(

@@ -7,6 +7,7 @@ import math
 
 from ..autograd import Function, Tensor
 from ..backend import get_array_module, is_cupy
+from ..kernels_cpu.threads import split_rows
 
 
 class Exp(Function):
@@ -53,14 +54,30 @@ class Tanh(Function):
 
 
 class ReLU(Function):
+    """y = x * [x > 0]. Elementwise, so cores may each take a run of rows (split_rows)."""
+
     def forward(self, x):
-        positive = x > 0
+        xp = get_array_module(x)
+        positive, y = xp.empty(x.shape, bool), xp.empty_like(x)
+
+        def rows(part):
+            xp.greater(x[part], 0, out=positive[part])
+            xp.multiply(x[part], positive[part], out=y[part])
+
+        split_rows(rows, x, passes=3)
         self.save(positive)
-        return x * positive
+        return y
 
     def backward(self, dy):
         (positive,) = self.saved
-        return dy * positive  # the subgradient at 0 is taken as 0, as PyTorch does
+        xp = get_array_module(dy)
+        dx = xp.empty_like(dy)
+
+        def rows(part):  # the subgradient at 0 is taken as 0, as PyTorch does
+            xp.multiply(dy[part], positive[part], out=dx[part])
+
+        split_rows(rows, dy, passes=2)
+        return dx
 
 
 class GELU(Function):

@@ -44,7 +44,7 @@ Each thread takes a fixed run of groups and writes only their slices of out, lse
 and dv: no two threads add into the same array, and every (batch, head) pair is computed
 by the same sequence of operations whatever the number of threads, so the results are
 bit-identical run to run and for any `workers`. BLAS is held to one thread inside (see
-`_run_shares`).
+`threads.run_shares`).
 
 How the NumPy code differs from the lines above, each change an exact rewrite made for
 speed (float32 inputs stay float32 throughout):
@@ -72,18 +72,15 @@ speed (float32 inputs stay float32 throughout):
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
 from ..backend import usable_cores
+from .threads import run_shares
 
 FLOAT_DTYPES = (np.float32, np.float64)
 # Default tile sizes: queries per tile (the tile's columns) and keys per tile (its rows);
@@ -264,45 +261,6 @@ def _groups(start: int, stop: int, heads: int, size: int) -> list[tuple[slice, s
     return groups
 
 
-def _run_shares(work, shares: list) -> None:
-    """work(share) for every share, the first on this thread, the others on the pool.
-
-    BLAS is held to one thread meanwhile (threadpoolctl): each thread multiplies its own
-    heads, where OpenBLAS's own threads would split every small tile product and wait
-    for each other (on a busy machine, 10x slower than one thread). Each share writes only
-    its own (batch, head) slices of the outputs, so the result does not depend on thread
-    timing. NumPy's error state is per thread (a context variable): each task runs in a
-    copy of the caller's context, so np.errstate reaches it.
-    """
-    with _BLAS_LOCK, _blas_controller().limit(limits=1, user_api="blas"):
-        if len(shares) == 1:
-            work(shares[0])
-            return
-        pool = _pool(len(shares) - 1)
-        tasks = [pool.submit(contextvars.copy_context().run, work, s) for s in shares[1:]]
-        try:
-            work(shares[0])
-        finally:
-            wait(tasks)
-        for task in tasks:
-            task.result()  # re-raises a worker's exception here
-
-
-# One caller at a time changes the process-wide BLAS thread count and restores it (a
-# second thread calling the kernel waits for the first).
-_BLAS_LOCK = threading.Lock()
-
-
-@functools.cache
-def _pool(threads: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(threads, thread_name_prefix="flash-attention")
-
-
-@functools.cache
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
 def flash_attention_forward(
     q: np.ndarray,
     k: np.ndarray,
@@ -338,7 +296,7 @@ def flash_attention_forward(
                 layout.visibility_of(cells), scale, block_q, block_k, scratch,
             )  # fmt: skip
 
-    _run_shares(forward_share, layout.shares)
+    run_shares(forward_share, layout.shares)
     return out, lse
 
 
@@ -446,7 +404,7 @@ def flash_attention_backward(
                 scale, block_q, block_k, scratch,
             )  # fmt: skip
 
-    _run_shares(backward_share, layout.shares)
+    run_shares(backward_share, layout.shares)
     return dq, dk, dv
 
 
