@@ -56,20 +56,21 @@ def run_shares(work: Callable, shares: Sequence) -> None:
             task.result()  # re-raises a worker's exception here
 
 
-def split_rows(work: Callable[[slice], None], array, passes: int) -> None:
-    """work(rows) over the rows (first axis) of `array`: one run of rows a core for a NumPy
-    array of at least SPLIT_MIN_WORK element-passes, else work(slice(None)) here.
+def split_rows(work: Callable, array, passes: int) -> None:
+    """work(rows) over the rows (first axis) of `array`: one run of rows (a slice) a core
+    for a NumPy array of at least SPLIT_MIN_WORK element-passes, else work(...) here, the
+    Ellipsis standing for the whole array of any shape.
 
     `passes`: about how many times the work reads or writes an array of `array`'s size.
     A row's result does not depend on the other rows, but a row sum taken by BLAS may
     differ in its last bit with the cut (BLAS takes rows in blocks): results are
     deterministic for a given number of cores.
     """
-    rows = array.shape[0]
-    count = min(usable_cores(), rows)
+    count = min(usable_cores(), array.shape[0] if array.ndim else 1)
     if not isinstance(array, np.ndarray) or count < 2 or array.size * passes < SPLIT_MIN_WORK:
-        work(slice(None))
+        work(...)
         return
+    rows = array.shape[0]
     run_shares(work, [slice(i * rows // count, (i + 1) * rows // count) for i in range(count)])
 
 
