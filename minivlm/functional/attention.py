@@ -32,12 +32,14 @@ from ..kernels_cuda import attention as cuda_kernels
 
 # At or above this many scores per (batch, head), "auto" takes the fused path. On the
 # CPU much of the NumPy kernel's lead at small sizes is its threads (the naive softmax
-# runs on one core): with two cores or more it beats the naive path from 64 x 64 on
-# (B=64, H=4, d=32, forward+backward: 0.66-0.87x at 64 x 64 and 80 x 80, about 1x at
-# 40 x 40, 1.0-1.4x at 24 x 24), on one core (a rank of `mpiexec -n 2` on two cores)
-# only from about 96 x 96 on (B=32: 1.04-1.15x at 64 x 64 and 80 x 80, 0.97-1.03x at
-# 96 x 96, 0.72-0.77x at 128 x 128; benchmarks/RESULTS.md). On the GPU: 256 x 256.
-AUTO_FUSED_MIN_SCORES = {"cpu": 64 * 64, "cpu, one core": 96 * 96, "cuda": 256 * 256}
+# runs on one core): with two cores or more it beats the naive path from 40 x 40 on
+# (B=64, H=4, d=32, heads split from (B, L, H d) as the model's are, forward+backward
+# through the engine: 0.76-0.80x at 40 x 40, 0.77-0.85x at 32 x 64 to 48 x 48, 0.97-1.01x
+# at 24 x 64, 1.16-1.36x at 32 x 32 and 16 x 64), on one core (a rank of `mpiexec -n 2`
+# on two cores) only from about 96 x 96 on (B=32: 1.04-1.15x at 64 x 64 and 80 x 80,
+# 0.97-1.03x at 96 x 96, 0.72-0.77x at 128 x 128; benchmarks/RESULTS.md). On the GPU:
+# 256 x 256.
+AUTO_FUSED_MIN_SCORES = {"cpu": 40 * 40, "cpu, one core": 96 * 96, "cuda": 256 * 256}
 
 
 def allowed_mask(xp, lq: int, lk: int, *, causal: bool, key_lengths=None, attn_mask=None):
