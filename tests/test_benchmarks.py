@@ -84,7 +84,6 @@ def test_the_implementations_of_one_pool_are_timed_interleaved_and_pools_apart()
     assert rows["a"]["time"]["repeats"] == 4, "the median is over every block's timings"
 
 
-
 def test_an_implementation_that_crashes_while_timed_is_an_error_and_the_rest_still_run():
     log = []
     crashing, steady = Counting(REFERENCE, crash_after=1), Counting(REFERENCE)
@@ -324,6 +323,14 @@ def test_parts_take_a_step_apart_into_parts_that_add_up_to_it(capsys):
             assert rows[part] > 0, (name, part)
     lines = step_parts.format_parts_table(report["parts"]).splitlines()
     assert [line.split()[1:-3] for line in lines[3:]] == [row.split() for row in step_parts.ROWS]
+
+
+def test_parts_of_a_gpu_or_ranks_run_are_refused_naming_the_options(capsys):
+    for extra in (["--device", "cuda"], ["--ranks", "1,2"]):
+        assert main(["bench", "train", "--quick", "--parts", *extra]) == 2
+        assert f"--parts: takes one process's CPU step apart; got {extra[0]}" in (
+            capsys.readouterr().err
+        )
 
 
 def test_our_op_times_sorts_each_function_into_its_part_and_unwraps_after():

@@ -361,6 +361,9 @@ def options(argv: list[str]) -> argparse.Namespace:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    if args.parts and (args.ranks or args.device == "cuda"):
+        given = "--ranks" if args.ranks else "--device cuda"
+        raise ValueError(f"--parts: takes one process's CPU step apart; got {given} with it")
     if args.ranks:
         return _run_ranks(args)
     report = run_train_benchmark(harness.with_defaults(args, DEFAULTS, QUICK))
