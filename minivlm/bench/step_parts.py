@@ -9,8 +9,8 @@ gradient (forward, loss, zero_grad, backward) and the optimizer.
 The ops are summed into PARTS by name; what the gradient phase spent outside them is the
 engine and Python: building the graph, walking it back, the calls between ops. Times
 are means over the steps, in ms, so that the parts add up to the step. Timing the ops
-costs a little (PyTorch's profiler more than our wrappers): the step here runs a few
-percent slower than in the benchmark's table, whose times are the ones to compare.
+costs time, PyTorch's profiler more than our wrappers (a third of the reference model's
+step, which runs many small ops): the benchmark's table has the times to compare.
 PyTorch's parts are told apart by op names alone: its encoder attends with bmm and
 softmax where the model has dropout (the reference model), so those count as attention,
 and the multiply of its dropout as another op.
