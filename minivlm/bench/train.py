@@ -92,16 +92,22 @@ def our_training(config, state: dict, device: str, batches: list) -> tuple:
     `batches` as (images Tensor, tokens, targets) there."""
     from .. import Tensor
     from ..backend import to_device
-    from ..models import VLM
     from ..optim import AdamW
 
-    model = VLM(config)
-    model.load_state_dict(state)
-    model.to(device, dtype=np.float32)
+    model = our_model(config, state, device, np.float32)
     optimizer = AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
     inputs = [(Tensor(to_device(images, device)), *(to_device(a, device) for a in text))
               for images, *text in batches]  # fmt: skip
     return model, optimizer, inputs
+
+
+def our_model(config, state: dict, device: str, dtype):
+    """Our VLM with the weights `state`, on `device` in `dtype`."""
+    from ..models import VLM
+
+    model = VLM(config)
+    model.load_state_dict(state)
+    return model.to(device, dtype=dtype)
 
 
 def torch_training(config, state: dict, device: str, batches: list) -> tuple:
@@ -120,7 +126,6 @@ def minivlm_candidate(config, state: dict, device: str, batches: list) -> harnes
     """Our VLM and AdamW on `device`."""
     from .. import F, Tensor
     from ..backend import to_numpy
-    from ..models import VLM
 
     model, optimizer, inputs = our_training(config, state, device, batches)
 
@@ -136,11 +141,9 @@ def minivlm_candidate(config, state: dict, device: str, batches: list) -> harnes
 
     def gradients() -> dict:
         images64 = Tensor(inputs[0][0].data.astype(np.float64))
-        model64 = VLM(config)
-        model64.load_state_dict(state)
         return check_entries(
             loss_and_gradients(model, inputs[0][0]),
-            loss_and_gradients(model64.to(device, dtype=np.float64), images64),
+            loss_and_gradients(our_model(config, state, device, np.float64), images64),
         )
 
     def step(index: int) -> None:
@@ -195,11 +198,8 @@ def reference_gradients(config, state: dict, batch) -> dict[str, np.ndarray]:
     """minivlm's loss and gradients in float64 on the CPU, eval mode: the oracle, as
     check_entries gives them."""
     from .. import F, Tensor
-    from ..models import VLM
 
-    model = VLM(config)
-    model.load_state_dict(state)
-    model.to(dtype=np.float64).eval()
+    model = our_model(config, state, "cpu", np.float64).eval()
     images, tokens, targets = batch
     loss = loss_of(model, Tensor(images.astype(np.float64)), tokens, targets, F.cross_entropy)
     loss.backward()
@@ -257,7 +257,7 @@ def run_train_benchmark(args: argparse.Namespace, makers: dict | None = None, lo
         rows.update(harness.check_then_time(
             candidates, reference, tolerance, args.repeats, args.warmup, 1e-3 * largest
         ))  # fmt: skip
-        if getattr(args, "parts", False):
+        if args.parts:
             parts[model_name] = _step_parts(args, config, state, batches, rows)
         for name, result in rows.items():
             step = result.setdefault("step", None)
