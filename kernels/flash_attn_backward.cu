@@ -75,12 +75,8 @@ __device__ __forceinline__ void flash_attn_backward_dk_dv(
 
     const int key_len = key_length(key_lengths, b, Lk);
     const int causal_offset = Lk - Lq;
-    // Query tiles before the first query that sees key k0 lie entirely above the causal
-    // diagonal: start at the tile holding query k0 - causal_offset. Keys at or past
-    // key_len are masked for every query: no tiles at all.
-    const int first_query = causal ? max(k0 - causal_offset, 0) : 0;
-    const int q_begin = first_query / BQ * BQ;
-    const int q_end = k0 < key_len ? Lq : 0;
+    int q_begin, q_end;  // the query tiles that can see this block's keys
+    visible_query_tiles(k0, BQ, Lq, key_len, causal_offset, causal, q_begin, q_end);
 
     load_tile<T, D, BK, NT>(k_tile, k + k_offset, k0, Lk, d);
     load_tile<T, D, BK, NT>(v_tile, v + k_offset, k0, Lk, d);

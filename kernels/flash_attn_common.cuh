@@ -46,4 +46,16 @@ __device__ __forceinline__ int visible_key_end(int q0, int rows, int Lq, int key
     return min(key_len, last_query + causal_offset + 1);
 }
 
+// The query tiles of `rows` queries, [begin, end) in steps of `rows`, that can see some
+// key of a block starting at key k0: tiles before the one holding query k0 - causal_offset
+// lie entirely above the causal diagonal; keys at or past key_len are masked for every
+// query, so then there are none.
+__device__ __forceinline__ void visible_query_tiles(int k0, int rows, int Lq, int key_len,
+                                                    int causal_offset, int causal, int& begin,
+                                                    int& end) {
+    const int first_query = causal ? max(k0 - causal_offset, 0) : 0;
+    begin = first_query / rows * rows;
+    end = k0 < key_len ? Lq : 0;
+}
+
 #endif  // MINIVLM_FLASH_ATTN_COMMON_CUH

@@ -181,8 +181,8 @@ def test_attention_without_a_gpu_says_why_the_cuda_paths_did_not_run():
 def test_a_wrong_attention_implementation_is_reported_wrong_and_not_timed(monkeypatch):
     right = attention.engine_functions
 
-    def dq_one_percent_off(impl, causal):
-        forward, forward_backward = right(impl, causal)
+    def dq_one_percent_off(impl, causal, precision):
+        forward, forward_backward = right(impl, causal, precision)
         if impl != "fused":
             return forward, forward_backward
 
@@ -364,3 +364,18 @@ def test_bench_registers_attention_ops_and_train_on_the_minivlm_command():
     for name, module in (("attention", attention), ("ops", ops), ("train", train)):
         args = parser.parse_args(["bench", name, "--quick"])
         assert args.handler is module.run_from_args
+
+
+def test_a_candidate_with_its_own_tolerance_is_judged_by_it():
+    """TF32 attention is checked at 1e-2, the others of its run at float32's 1e-4."""
+    reference = {"out": np.ones(4)}
+
+    def candidate(error, tolerance=None):
+        results = lambda: {"out": np.ones(4) + error}  # noqa: E731
+        return harness.Candidate(results, {}, tolerance=tolerance)
+
+    rows = harness.check_then_time(
+        {"plain": candidate(1e-3), "tf32": candidate(1e-3, tolerance=1e-2)}, reference, 1e-4, 1, 0
+    )
+    assert rows["plain"]["status"] == "wrong" and rows["tf32"]["status"] == "ok"
+    assert rows["tf32"]["check"]["tolerance"] == 1e-2

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from minivlm.backend import DeviceError, cuda_available
-from minivlm.kernels_cuda import attention, loader
+from minivlm.kernels_cuda import attention, attention_mma, loader
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_DIR = REPO / "kernels"
@@ -187,3 +187,72 @@ def test_cuda_kernels_without_a_gpu_raise_device_error():
     q = np.zeros((1, 1, 2, 4), np.float32)
     with pytest.raises(DeviceError, match="cuda"):
         flash_attention_forward(q, q, q, scale=0.5, causal=False)
+
+
+# ---- the tensor-core attention kernels --------------------------------------------------
+
+# FLASH_ATTN_MMA_FORWARD(flash_attn_mma_forward_d64_x3, 64, 64, 4, 3) and friends
+MMA_INSTANTIATION = re.compile(
+    r"^FLASH_ATTN_MMA_(?:FORWARD|BACKWARD_DQ|BACKWARD_DK_DV)\((\w+), (\d+), (\d+), (\d+), (\d+)\)$",
+    re.MULTILINE,
+)
+# the smallest opt-in shared memory a block may have on sm_80 and later (sm_86, sm_89)
+SMALLEST_SHARED_LIMIT = 99 * 1024
+
+
+def compiled_mma_tilings() -> dict[str, tuple[int, int, int, int]]:
+    """kernel name -> (D, tile, warps, passes) from the instantiation lines."""
+    found = {}
+    for source in (attention_mma.FORWARD_SOURCE, attention_mma.BACKWARD_SOURCE):
+        for match in MMA_INSTANTIATION.finditer((KERNEL_DIR / source).read_text()):
+            name, *numbers = match.groups()
+            found[name] = tuple(map(int, numbers))
+    return found
+
+
+def test_mma_attention_launch_table_matches_compiled_tiles():
+    compiled = compiled_mma_tilings()
+    expected_names = set()
+    for family, by_passes in attention_mma.MMA_TILINGS.items():
+        for suffix, tilings in by_passes.items():
+            for tiling in tilings:
+                name = attention_mma.kernel_name(family, tiling, suffix)
+                expected_names.add(name)
+                assert name in compiled, f"{name} is launched but never instantiated"
+                passes = {"x3": 3, "x1": 1}[suffix]
+                table = (tiling.head_dim, tiling.tile, tiling.warps, passes)
+                assert compiled[name] == table, f"{name}: compiled {compiled[name]}, table {table}"
+    assert set(compiled) == expected_names, "instantiated kernels missing from the launch table"
+
+
+def test_mma_attention_shared_memory_fits_every_tensor_core_gpu():
+    """The dynamic shared memory each launch asks for, the kernels' *Tiles::BYTES."""
+    for family, by_passes in attention_mma.MMA_TILINGS.items():
+        for tilings in by_passes.values():
+            for tiling in tilings:
+                shared = attention_mma._shared_bytes(family, tiling)
+                assert shared <= SMALLEST_SHARED_LIMIT, (family, tiling, shared)
+    d64_forward = attention_mma.MmaTiling(64, 64, 4)  # Q 64 x 68, K 64 x 68, V 64 x 72 floats
+    assert attention_mma._shared_bytes("flash_attn_mma_forward", d64_forward) == 4 * (
+        64 * 68 + 64 * 68 + 64 * 72
+    )
+
+
+def test_mma_attention_refuses_a_precision_it_does_not_have():
+    with pytest.raises(ValueError, match="precision must be one of 3xtf32, tf32, got 'fp16'"):
+        attention_mma.passes_suffix("fp16")
+
+
+@needs_nvcc
+def test_mma_fragment_maps_on_the_host(tmp_path):
+    """tests/cuda_host/mma_maps_test.cu: the warp products' index maps, bank conflicts and
+    the 3xTF32 split, checked by emulating mma.sync from the PTX table (no GPU needed)."""
+    binary = tmp_path / "mma_maps_test"
+    source = REPO / "tests" / "cuda_host" / "mma_maps_test.cu"
+    command = [NVCC, "-std=c++17", f"-I{KERNEL_DIR}", "-o", str(binary), str(source)]
+    built = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, f"nvcc failed:\n{built.stdout}{built.stderr}"
+    done = subprocess.run([str(binary)], capture_output=True, text=True, timeout=60)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("ok ") == 6, done.stdout

@@ -20,6 +20,7 @@ pytestmark = [
 ]
 
 from minivlm.kernels_cuda import (  # noqa: E402  (after the skip: these need no GPU, but the tests do)
+    attention_mma,
     cross_entropy_backward,
     cross_entropy_forward,
     flash_attention_backward,
@@ -201,6 +202,73 @@ def test_flash_attention_rejects_bad_inputs_by_name():
     with pytest.raises(TypeError, match="q must be float32 or float64"):
         half = q.astype(cupy.float16)
         flash_attention_forward(half, half, half, **options)
+
+
+# ---- attention on tensor cores (kernels_cuda/attention_mma.py) ---------------------------
+
+# max error relative to the largest reference value: 3xTF32 is held to float32's 1e-4;
+# one TF32 MMA rounds its inputs to 11 significant bits (2^-11 = 5e-4 a product)
+MMA_TOLERANCE = {"3xtf32": 1e-4, "tf32": 1e-2}
+MMA_SHAPES = [*ATTENTION_SHAPES, (1, 2, 200, 200, 32), (1, 1, 1, 1, 8)]
+
+
+def mma_attention(q, k, v, d_out, precision, **options):
+    out, lse = attention_mma.flash_attention_forward(q, k, v, precision=precision, **options)
+    grads = attention_mma.flash_attention_backward(
+        q, k, v, out, lse, d_out, precision=precision, **options
+    )
+    return out, lse, *grads
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["all_keys", "key_lengths"])
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", MMA_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("precision", list(MMA_TOLERANCE))
+def test_mma_flash_attention_matches_naive_attention(precision, shape, causal, masked):
+    q, k, v, d_out, key_lengths = attention_case(np.float32, shape, masked)
+    scale = 1.0 / np.sqrt(shape[-1])
+    expected = reference_attention(q, k, v, d_out, scale, causal, key_lengths)
+    q_gpu, k_gpu, v_gpu, d_out_gpu, lengths_gpu = to_gpu(q, k, v, d_out, key_lengths)
+    options = dict(scale=scale, causal=causal, key_lengths=lengths_gpu)
+    got = mma_attention(q_gpu, k_gpu, v_gpu, d_out_gpu, precision, **options)
+
+    tolerance = MMA_TOLERANCE[precision]
+    for name, result, want in zip(("out", "lse", "dq", "dk", "dv"), got, expected, strict=True):
+        result = cupy.asnumpy(result).astype(np.float64)
+        assert not np.isnan(result).any(), f"{name}: NaN elements (unwritten?)"
+        finite = np.isfinite(want)
+        assert np.array_equal(np.isfinite(result), finite), f"{name}: infinities differ"
+        magnitude = max(1.0, float(np.abs(want[finite]).max())) if finite.any() else 1.0
+        error = float(np.abs(result[finite] - want[finite]).max(initial=0.0)) / magnitude
+        print(f"{precision} {shape} causal={causal} masked={masked} {name}: {error:.1e}")
+        assert error <= tolerance, f"{name}: max error {error:.2e} of the largest value"
+
+
+@pytest.mark.parametrize("precision", list(MMA_TOLERANCE))
+def test_mma_rows_without_valid_keys_give_zero_output_and_gradients(precision):
+    q, k, v, d_out, _ = attention_case(np.float32, (2, 2, 33, 40, 32), masked=False, seed=1)
+    q, k, v, d_out = to_gpu(q, k, v, d_out)
+    options = dict(scale=0.3, causal=True, key_lengths=cupy.zeros(2, dtype=cupy.int32))
+    out, lse, dq, dk, dv = mma_attention(q, k, v, d_out, precision, **options)
+    assert bool((out == 0).all()) and bool((lse == -np.inf).all())
+    for name, grad in (("dq", dq), ("dk", dk), ("dv", dv)):
+        assert bool((grad == 0).all()), f"{name} must be 0 when every key is masked"
+
+
+def test_mma_flash_attention_backward_is_deterministic():
+    q, k, v, d_out, key_lengths = attention_case(np.float32, (2, 2, 130, 130, 64), True, seed=3)
+    q, k, v, d_out, key_lengths = to_gpu(q, k, v, d_out, key_lengths)
+    options = dict(scale=0.125, causal=True, key_lengths=key_lengths)
+    first = mma_attention(q, k, v, d_out, "3xtf32", **options)
+    second = mma_attention(q, k, v, d_out, "3xtf32", **options)
+    for name, a, b in zip(("out", "lse", "dq", "dk", "dv"), first, second, strict=True):
+        assert bool((a == b).all()), f"{name} differs between two identical calls"
+
+
+def test_mma_flash_attention_takes_float32_only():
+    q = cupy.zeros((1, 2, 8, 16), cupy.float64)
+    with pytest.raises(TypeError, match="q must have the dtype of the other inputs \\(float32\\)"):
+        attention_mma.flash_attention_forward(q, q, q, scale=0.25, causal=False)
 
 
 # ---- cross-entropy ---------------------------------------------------------------------

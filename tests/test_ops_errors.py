@@ -77,6 +77,20 @@ def test_attention_names_each_bad_mask_or_option(randn):
         F.scaled_dot_product_attention(q, k, k, impl="flash")
     with _raises(ValueError, "impl='fused' supports is_causal and key_lengths, not attn_mask"):
         F.scaled_dot_product_attention(q, k, k, attn_mask=np.ones((3, 5), dtype=bool), impl="fused")
+    with _raises(ValueError, "precision must be one of ieee, 3xtf32, tf32, got 'fp16'"):
+        F.scaled_dot_product_attention(q, k, k, precision="fp16")
+
+
+@pytest.mark.parametrize("precision", ["3xtf32", "tf32"])
+def test_attention_on_numpy_computes_in_full_precision_whatever_precision_asks(randn, precision):
+    """precision= picks the GPU's tensor-core kernels; NumPy computes in the arrays' dtype."""
+    q, k = randn(2, 2, 9, 8), randn(2, 2, 11, 8)
+    for impl in ("naive", "fused"):
+        plain = F.scaled_dot_product_attention(q, k, k, is_causal=True, impl=impl)
+        asked = F.scaled_dot_product_attention(
+            q, k, k, is_causal=True, impl=impl, precision=precision
+        )
+        np.testing.assert_array_equal(asked.data, plain.data)
 
 
 def test_an_integer_tensor_cannot_require_grad():

@@ -5,6 +5,7 @@ the same problem, q (B, H, N, d), k and v (B, H, Lk, d) (Lk = N unless --key-len
 
     numpy-naive  numpy-fused  numpy-auto   our engine, impl="naive" / "fused" / "auto"
     cupy-naive   cupy-fused   cupy-auto    the same on CUDA tensors
+    cupy-fused-3xtf32  cupy-fused-tf32     the fused path on tensor cores (precision=)
     torch-cpu    torch-cuda                torch.nn.functional.scaled_dot_product_attention
 
 Each is first checked against a float64 NumPy reference (the forward's output, and the
@@ -13,13 +14,15 @@ one is reported, not timed. Then forward and forward+backward are timed, interle
 
 FLOPs follow the FlashAttention papers: forward 4 B H Lq Lk d, halved when causal;
 forward+backward 3.5 x forward. "% peak" is against a large matmul on the same device,
-timed in the same run. Memory: the peak one forward+backward allocates (tracemalloc
+timed in the same run (on the GPU also with TF32 tensor cores, the rate the tensor-core
+kernels compare with). Memory: the peak one forward+backward allocates (tracemalloc
 for NumPy, the pool or allocator on the GPU; PyTorch's CPU allocator reports to neither).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import tracemalloc
 from functools import partial
@@ -37,10 +40,14 @@ IMPLEMENTATIONS = {
     "cupy-naive": ("cuda", "minivlm", "naive"),
     "cupy-fused": ("cuda", "minivlm", "fused"),
     "cupy-auto": ("cuda", "minivlm", "auto"),
+    "cupy-fused-3xtf32": ("cuda", "minivlm", "fused"),
+    "cupy-fused-tf32": ("cuda", "minivlm", "fused"),
     "torch-cpu": ("cpu", "torch", None),
     "torch-cuda": ("cuda", "torch", None),
 }
+PRECISION = {"cupy-fused-3xtf32": "3xtf32", "cupy-fused-tf32": "tf32"}  # others: "ieee"
 TOLERANCE = {"float32": 1e-4, "float64": 1e-10}  # max |got - want| / max |want|
+TF32_TOLERANCE = 1e-2  # one TF32 MMA a product: inputs rounded to 11 significant bits
 TIMED = ("forward", "forward_backward")
 DEFAULTS = {"sizes": [256, 512, 1024, 2048], "repeats": 7, "warmup": 2, "input_sets": 3,
             "gemm_size": 2048, "impl": list(IMPLEMENTATIONS)}  # fmt: skip
@@ -76,17 +83,19 @@ def reference_attention(q, k, v, d_out, causal: bool) -> dict[str, np.ndarray]:
 # -- the implementations: (forward, forward_backward) of (q, k, v, dO) ------------------
 
 
-def engine_functions(impl: str, causal: bool):
+def engine_functions(impl: str, causal: bool, precision: str = "ieee"):
     from .. import F, Tensor, no_grad
+
+    options = dict(is_causal=causal, impl=impl, precision=precision)
 
     def forward(q, k, v, d_out):
         with no_grad():
             tensors = (Tensor(q), Tensor(k), Tensor(v))
-            return F.scaled_dot_product_attention(*tensors, is_causal=causal, impl=impl).data
+            return F.scaled_dot_product_attention(*tensors, **options).data
 
     def forward_backward(q, k, v, d_out):
         leaves = [Tensor(a, requires_grad=True) for a in (q, k, v)]
-        out = F.scaled_dot_product_attention(*leaves, is_causal=causal, impl=impl)
+        out = F.scaled_dot_product_attention(*leaves, **options)
         out.backward(d_out)
         return (out.data, *(leaf.grad for leaf in leaves))
 
@@ -147,7 +156,18 @@ def why_unavailable(name: str) -> str | None:
             import minivlm.kernels_cuda.attention  # noqa: F401
         except Exception as err:  # a missing module or a kernel that does not build
             why = f"the CUDA attention kernels do not load ({type(err).__name__}: {err})"
+    if why is None and name in PRECISION:
+        why = why_no_tensor_cores()
     return why
+
+
+def why_no_tensor_cores() -> str | None:
+    import cupy
+
+    capability = int(cupy.cuda.Device().compute_capability)
+    if capability < 80:
+        return f"TF32 tensor cores need compute capability 8.0, this GPU has {capability}"
+    return None
 
 
 def clock(name: str) -> harness.Clock:
@@ -187,17 +207,41 @@ def peak_memory(name: str, call) -> int | None:
     return peak
 
 
-def gemm_peak(device: str, dtype: str, size: int) -> dict:
-    """TFLOP/s of a (size x size) @ (size x size) matmul, 2 size^3 FLOPs."""
+def gemm_peak(device: str, dtype: str, size: int, tf32: bool = False) -> dict:
+    """TFLOP/s of a (size x size) @ (size x size) matmul, 2 size^3 FLOPs; with `tf32`
+    (float32 on the GPU), cuBLAS may use TF32 tensor cores."""
     a, b = np.random.default_rng(1).standard_normal((2, size, size)).astype(dtype)
     if device == "cuda":
         import cupy
 
         a, b = cupy.asarray(a), cupy.asarray(b)
     timer = harness.cupy_clock if device == "cuda" else harness.cpu_clock
-    timings, _ = harness.time_interleaved({"gemm": (lambda i: a @ b, timer)}, 5, 1)
+    with cublas_tf32(tf32):
+        timings, _ = harness.time_interleaved({"gemm": (lambda i: a @ b, timer)}, 5, 1)
     seconds = float(np.median(timings["gemm"]))
-    return {"device": device, "size": size, "seconds": seconds, "tflops": 2e-12 * size**3 / seconds}
+    name = f"{device} tf32" if tf32 else device
+    return {"device": name, "size": size, "seconds": seconds, "tflops": 2e-12 * size**3 / seconds}
+
+
+@contextlib.contextmanager
+def cublas_tf32(enabled: bool):
+    """CuPy's cuBLAS handle in TF32 tensor-op math within the block (when enabled)."""
+    if not enabled:
+        yield
+        return
+    import cupy
+    from cupy.cuda import cublas
+
+    handle = cupy.cuda.device.get_cublas_handle()
+    previous = cublas.getMathMode(handle)
+    cublas.setMathMode(handle, CUBLAS_TF32_TENSOR_OP_MATH)
+    try:
+        yield
+    finally:
+        cublas.setMathMode(handle, previous)
+
+
+CUBLAS_TF32_TENSOR_OP_MATH = 3  # cublasMath_t
 
 
 # -- the sweep -------------------------------------------------------------------------
@@ -222,7 +266,9 @@ def benchmark_problem(args, names: list[str], len_q: int, causal: bool, peaks: d
     for name in names:
         library, impl = IMPLEMENTATIONS[name][1:]
         functions[name] = (
-            torch_functions(causal) if library == "torch" else engine_functions(impl, causal)
+            torch_functions(causal)
+            if library == "torch"
+            else engine_functions(impl, causal, PRECISION.get(name, "ieee"))
         )
 
         def results(name=name):
@@ -238,13 +284,15 @@ def benchmark_problem(args, names: list[str], len_q: int, causal: bool, peaks: d
             return lambda i: functions[name][which](*inputs[name][i % len(inputs[name])])
 
         phases = {"forward": runs(0), "forward_backward": runs(1)}
-        candidates[name] = harness.Candidate(results, phases, clock(name), library)
+        own_tolerance = TF32_TOLERANCE if PRECISION.get(name) == "tf32" else None
+        candidates[name] = harness.Candidate(results, phases, clock(name), library, own_tolerance)
     tolerance = TOLERANCE[args.dtype]
     rows = harness.check_then_time(candidates, reference, tolerance, args.repeats, args.warmup)
     flops = 4.0 * batch * heads * len_q * len_k * head_dim / (2 if causal else 1)
     for name, result in rows.items():
         result.update(device=IMPLEMENTATIONS[name][0], n_q=len_q, n_k=len_k, causal=causal)
         result.update(tflops=None, fraction_of_gemm_peak=None, memory_bytes=None)
+        result.update(fraction_of_tf32_gemm_peak=None)
         if result["check"]:
             result["check"]["checked_on"] = f"{checked} of {batch * heads} heads"
         if result["status"] == "ok":
@@ -256,6 +304,10 @@ def benchmark_problem(args, names: list[str], len_q: int, causal: bool, peaks: d
             result["tflops"] = rates
             result["fraction_of_gemm_peak"] = peak and {
                 phase: rate / peak["tflops"] for phase, rate in rates.items()
+            }
+            tf32_peak = peaks.get("cuda tf32") if name in PRECISION else None
+            result["fraction_of_tf32_gemm_peak"] = tf32_peak and {
+                phase: rate / tf32_peak["tflops"] for phase, rate in rates.items()
             }
             result["memory_bytes"] = peak_memory(name, partial(runs(1, name), 0))
     inputs.clear()
@@ -276,6 +328,9 @@ def run_attention_benchmark(args: argparse.Namespace, log=harness.log) -> dict:
             size = args.gemm_size * (4 if device == "cuda" else 1)
             peaks[device] = gemm_peak(device, args.dtype, size)
             log(f"GEMM peak {device}: {peaks[device]['tflops']:.3f} TFLOP/s")
+    if args.dtype == "float32" and any(name in PRECISION for name in names):
+        peaks["cuda tf32"] = gemm_peak("cuda", args.dtype, 4 * args.gemm_size, tf32=True)
+        log(f"GEMM peak cuda, TF32: {peaks['cuda tf32']['tflops']:.3f} TFLOP/s")
     masks = [True, False] if args.causal is None else [args.causal]
     results = []
     for causal, len_q in ((causal, n) for causal in masks for n in args.sizes):
@@ -299,6 +354,8 @@ PAIRS = [(f"{ours}-{variant}", theirs)
          for ours, device in (("numpy", "cpu"), ("cupy", "cuda"))
          for theirs in (f"torch-{device}", f"{ours}-naive")
          for variant in ("naive", "fused", "auto") if not theirs.endswith(variant)]  # fmt: skip
+PAIRS += [(f"cupy-fused-{precision}", theirs) for precision in ("3xtf32", "tf32")
+          for theirs in ("torch-cuda", "cupy-fused")]  # fmt: skip
 CASE = ("causal", "n_q")
 
 
@@ -321,6 +378,10 @@ def format_attention_table(report: dict) -> str:
         "TFLOP/s": lambda r: f"{r['tflops']['forward_backward']:.3f}",
         "% peak": lambda r: harness.cell(
             r["fraction_of_gemm_peak"] and 100 * r["fraction_of_gemm_peak"]["forward_backward"], 1
+        ),
+        "% tf32": lambda r: harness.cell(
+            r.get("fraction_of_tf32_gemm_peak")
+            and 100 * r["fraction_of_tf32_gemm_peak"]["forward_backward"], 1
         ),
         "mem MiB": lambda r: harness.cell(r["memory_bytes"] and r["memory_bytes"] / 2**20, 1),
         "max rel err": lambda r: f"{max(r['check']['relative_errors'].values()):.1e}",

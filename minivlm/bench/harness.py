@@ -77,6 +77,14 @@ class Candidate(NamedTuple):
     runs: dict[str, Callable[[int], object]]
     clock: Clock = cpu_clock
     pool: str = "numpy"  # the thread pool it runs on
+    tolerance: float | None = None  # its own, looser than check_then_time's (e.g. TF32)
+
+
+def own_tolerance(candidate: Candidate, tolerance: dict) -> dict:
+    """The candidate's tolerance for every reference entry: its own, or the shared one."""
+    if candidate.tolerance is None:
+        return tolerance
+    return dict.fromkeys(tolerance, candidate.tolerance)
 
 
 def relative_error(got, want: np.ndarray, floor: float = 1e-30) -> float:
@@ -147,7 +155,10 @@ def check_then_time(
     reference is 0 from being judged against its own rounding noise."""
     if not isinstance(tolerance, dict):
         tolerance = dict.fromkeys(reference, tolerance)
-    rows = {name: check(name, c, reference, tolerance, floor) for name, c in candidates.items()}
+    rows = {
+        name: check(name, c, reference, own_tolerance(c, tolerance), floor)
+        for name, c in candidates.items()
+    }
     pools = list(dict.fromkeys(c.pool for c in candidates.values()))
     for phase in dict.fromkeys(phase for c in candidates.values() for phase in c.runs):
         seconds = {name: [] for name in candidates}

@@ -29,6 +29,7 @@ from ..autograd import Function, Tensor
 from ..backend import get_array_module, is_cupy, usable_cores
 from ..kernels_cpu import flash_attention as cpu_kernels
 from ..kernels_cuda import attention as cuda_kernels
+from ..kernels_cuda import attention_mma as cuda_mma_kernels
 
 # At or above this many scores per (batch, head), "auto" takes the fused path. On the
 # CPU much of the NumPy kernel's lead at small sizes is its threads (the naive softmax
@@ -111,28 +112,45 @@ class Attention(Function):
         return d_q, d_k, d_v
 
 
+# precision= of the fused path on the GPU: "ieee" float32/float64 arithmetic on CUDA cores
+# (kernels_cuda/attention.py), "3xtf32" and "tf32" float32 on tensor cores
+# (kernels_cuda/attention_mma.py). The NumPy kernels compute in the arrays' dtype whatever
+# is asked: never less precise than any of these.
+PRECISIONS = ("ieee", "3xtf32", "tf32")
+
+
 class FusedAttention(Function):
     """The fused path: blocked online softmax; saves only O and the log-sum-exp L."""
 
-    def __init__(self, scale: float, causal: bool, key_lengths, tiles: dict | None = None):
+    def __init__(self, scale: float, causal: bool, key_lengths, tiles: dict | None = None,
+                 precision: str = "ieee"):  # fmt: skip
         self.scale, self.causal, self.key_lengths = scale, causal, key_lengths
         self.tiles = tiles or {}  # block_q, block_k of the NumPy kernels (gradchecks use small)
+        self.precision = precision
 
     def forward(self, q, k, v):
-        # kernels_cuda for CuPy arrays, the blocked NumPy kernels otherwise; same functions
-        self.kernels = cuda_kernels if is_cupy(get_array_module(q)) else cpu_kernels
+        self.kernels, self.options = self._kernels(get_array_module(q))
         out, lse = self.kernels.flash_attention_forward(
             q, k, v, scale=self.scale, causal=self.causal, key_lengths=self.key_lengths,
-            **self.tiles,
+            **self.options,
         )
         self.save(q, k, v, out, lse)
         return out
+
+    def _kernels(self, xp) -> tuple:
+        """(kernel module, its options): kernels_cuda for CuPy arrays (the tensor-core ones
+        for precision "3xtf32" or "tf32"), the blocked NumPy kernels otherwise."""
+        if not is_cupy(xp):
+            return cpu_kernels, self.tiles
+        if self.precision == "ieee":
+            return cuda_kernels, self.tiles
+        return cuda_mma_kernels, {"precision": self.precision}
 
     def backward(self, d_out):
         q, k, v, out, lse = self.saved
         return self.kernels.flash_attention_backward(
             q, k, v, out, lse, d_out,
-            scale=self.scale, causal=self.causal, key_lengths=self.key_lengths, **self.tiles,
+            scale=self.scale, causal=self.causal, key_lengths=self.key_lengths, **self.options,
         )
 
 
@@ -146,12 +164,20 @@ def scaled_dot_product_attention(
     key_lengths=None,
     return_weights: bool = False,
     impl: str = "auto",
+    precision: str = "ieee",
 ):
     """softmax(scale * Q K^T, masked) V; also returns P when `return_weights`.
 
     impl: "naive" materialises the scores; "fused" never does (no `attn_mask`, no
     weights); "auto" takes "fused" when it can and the score matrix is large.
+    precision: how the fused path multiplies on the GPU (PRECISIONS): "ieee" (default),
+    "3xtf32" or "tf32" on tensor cores, float32 only.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"scaled_dot_product_attention: precision must be one of {', '.join(PRECISIONS)}, "
+            f"got {precision!r}"
+        )
     _check_qkv(query, key, value)
     xp = get_array_module(query.data)
     batch, _, lq, head_dim = query.shape
@@ -162,7 +188,7 @@ def scaled_dot_product_attention(
     many_scores = lq * lk >= _fused_min_scores(xp)
     impl = _choose_impl(impl, mask is not None, return_weights, many_scores)
     if impl == "fused":
-        return FusedAttention(scale, is_causal, lengths)(query, key, value)
+        return FusedAttention(scale, is_causal, lengths, precision=precision)(query, key, value)
     allowed = allowed_mask(xp, lq, lk, causal=is_causal, key_lengths=lengths, attn_mask=mask)
     return Attention(scale, allowed, return_weights)(query, key, value)
 

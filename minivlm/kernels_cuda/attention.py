@@ -63,16 +63,22 @@ TILINGS: dict[str, dict[str, tuple[Tiling, ...]]] = {
 MAX_HEAD_DIM = 128
 
 
-def kernel_name(family: str, tiling: Tiling, suffix: str) -> str:
+def kernel_name(family: str, tiling, suffix: str) -> str:
+    """The extern "C" name of `family` compiled for `tiling`'s head-dim bucket."""
     return f"{family}_d{tiling.head_dim}_{suffix}"
+
+
+def smallest_bucket(tilings: tuple, head_dim: int):
+    """The first of `tilings` (by growing head-dim bucket) that holds `head_dim`."""
+    for tiling in tilings:
+        if head_dim <= tiling.head_dim:
+            return tiling
+    raise ValueError(f"head dim must be at most {MAX_HEAD_DIM}, got {head_dim}")
 
 
 def pick_tiling(family: str, dtype, head_dim: int) -> Tiling:
     """The smallest head-dim bucket of `family` that holds `head_dim`."""
-    for tiling in TILINGS[family][dtype_suffix(dtype)]:
-        if head_dim <= tiling.head_dim:
-            return tiling
-    raise ValueError(f"head dim must be at most {MAX_HEAD_DIM}, got {head_dim}")
+    return smallest_bucket(TILINGS[family][dtype_suffix(dtype)], head_dim)
 
 
 def _launch_attention_kernel(
@@ -86,7 +92,7 @@ def _launch_attention_kernel(
     kernel((heads, row_blocks), (tiling.threads,), args)
 
 
-def _check_qkv(cupy, q, k, v) -> tuple[int, int, int, int, int]:
+def check_qkv(cupy, q, k, v) -> tuple[int, int, int, int, int]:
     """B, H, Lq, Lk, d of valid q (B, H, Lq, d), k, v (B, H, Lk, d)."""
     check_float_array(cupy, "q", q, 4)
     check_float_array(cupy, "k", k, 4, q.dtype)
@@ -100,7 +106,7 @@ def _check_qkv(cupy, q, k, v) -> tuple[int, int, int, int, int]:
     return batch, heads, q_len, key_len, head_dim
 
 
-def _scalar_args(
+def scalar_args(
     heads: int, q_len: int, key_len: int, head_dim: int, scale: float, causal: bool, dtype
 ) -> tuple:
     """The trailing (int H, int Lq, int Lk, int d, T scale, int causal) of every tile kernel."""
@@ -108,7 +114,7 @@ def _scalar_args(
     return (*sizes, np.dtype(dtype).type(scale), np.int32(bool(causal)))
 
 
-def _key_lengths(cupy, key_lengths, batch: int, key_len: int):
+def key_lengths_array(cupy, key_lengths, batch: int, key_len: int):
     """key_lengths as int32 (B,); None means every key is valid."""
     if key_lengths is None:
         return cupy.full((batch,), key_len, dtype=np.int32)
@@ -121,18 +127,30 @@ def flash_attention_forward(q, k, v, *, scale: float, causal: bool, key_lengths=
     Returns (out (B, H, Lq, d), lse (B, H, Lq)).
     """
     cupy = require_cuda()
-    batch, heads, q_len, key_len, head_dim = _check_qkv(cupy, q, k, v)
-    lengths = _key_lengths(cupy, key_lengths, batch, key_len)
+    batch, heads, q_len, key_len, head_dim = check_qkv(cupy, q, k, v)
+    lengths = key_lengths_array(cupy, key_lengths, batch, key_len)
     out = new_output(cupy, q.shape, q.dtype)  # (B, H, Lq, d)
     lse = new_output(cupy, (batch, heads, q_len), q.dtype)  # (B, H, Lq)
     if batch * heads * q_len == 0:
         return out, lse
-    sizes = _scalar_args(heads, q_len, key_len, head_dim, scale, causal, q.dtype)
+    sizes = scalar_args(heads, q_len, key_len, head_dim, scale, causal, q.dtype)
     args = (q, k, v, lengths, out, lse, *sizes)
     _launch_attention_kernel(
         "flash_attn_forward", FORWARD_SOURCE, q.dtype, head_dim, batch * heads, q_len, args
     )
     return out, lse
+
+
+def row_dot(cupy, out, d_out):
+    """delta = rowsum(d_out * out) (B, H, Lq) of out, d_out (B, H, Lq, d): one warp a row."""
+    batch, heads, q_len, head_dim = out.shape
+    rows = batch * heads * q_len
+    delta = cupy.empty((batch, heads, q_len), dtype=out.dtype)
+    if rows:
+        kernel = get_kernel(BACKWARD_SOURCE, f"flash_attn_backward_delta_{dtype_suffix(out.dtype)}")
+        blocks = math.ceil(rows / (DELTA_THREADS // 32))
+        kernel((blocks,), (DELTA_THREADS,), (out, d_out, delta, np.int32(rows), np.int32(head_dim)))
+    return delta
 
 
 def flash_attention_backward(
@@ -145,14 +163,14 @@ def flash_attention_backward(
     Returns (dq (B, H, Lq, d), dk (B, H, Lk, d), dv (B, H, Lk, d)).
     """
     cupy = require_cuda()
-    batch, heads, q_len, key_len, head_dim = _check_qkv(cupy, q, k, v)
+    batch, heads, q_len, key_len, head_dim = check_qkv(cupy, q, k, v)
     check_float_array(cupy, "out", out, 4, q.dtype)
     check_float_array(cupy, "d_out", d_out, 4, q.dtype)
     check_float_array(cupy, "lse", lse, 3, q.dtype)
     check_shape("out", out, q.shape, "the shape of q")
     check_shape("d_out", d_out, q.shape, "the shape of q")
     check_shape("lse", lse, (batch, heads, q_len), "B, H, Lq of q")
-    lengths = _key_lengths(cupy, key_lengths, batch, key_len)
+    lengths = key_lengths_array(cupy, key_lengths, batch, key_len)
 
     dq = new_output(cupy, q.shape, q.dtype)  # (B, H, Lq, d)
     dk = new_output(cupy, k.shape, q.dtype)  # (B, H, Lk, d)
@@ -160,20 +178,8 @@ def flash_attention_backward(
     heads_total = batch * heads
     query_rows = heads_total * q_len
 
-    # 1. delta = rowsum(d_out * out)  (B, H, Lq), one warp per row
-    delta = cupy.empty((batch, heads, q_len), dtype=q.dtype)
-    if query_rows:
-        delta_kernel = get_kernel(
-            BACKWARD_SOURCE, f"flash_attn_backward_delta_{dtype_suffix(q.dtype)}"
-        )
-        blocks = math.ceil(query_rows / (DELTA_THREADS // 32))
-        delta_kernel(
-            (blocks,),
-            (DELTA_THREADS,),
-            (out, d_out, delta, np.int32(query_rows), np.int32(head_dim)),
-        )
-
-    sizes = _scalar_args(heads, q_len, key_len, head_dim, scale, causal, q.dtype)
+    delta = row_dot(cupy, out, d_out)  # 1. delta = rowsum(d_out * out)  (B, H, Lq)
+    sizes = scalar_args(heads, q_len, key_len, head_dim, scale, causal, q.dtype)
     inputs = (q, k, v, d_out, lse, delta, lengths)
     # 2. dK, dV: one block per key tile, looping over query tiles
     if heads_total * key_len:
