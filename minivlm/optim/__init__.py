@@ -9,6 +9,7 @@ optimizer.step(); optimizer.zero_grad(); schedule.step()
 
 from .adam import Adam, AdamW
 from .clip import clip_grad_norm_
+from .flat_adamw import FlatAdamW
 from .optimizer import Optimizer
 from .schedules import ConstantLR, LRSchedule, WarmupCosine
 from .sgd import SGD
@@ -18,6 +19,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "FlatAdamW",
     "clip_grad_norm_",
     "LRSchedule",
     "ConstantLR",
