@@ -114,7 +114,6 @@ def _worker(model: str, steps: int, warmup: int) -> None:
     group = process_group(config.device, config.rank_timeout)
     trainer = Trainer.create(config, group)
     trainer.share_weights()
-    corruption, greyscale = trainer.augmentations()
     clock = time.perf_counter
     parts = {"build": 0.0, "allreduce": 0.0, "step": 0.0}
     allreduce = group.allreduce_sum
@@ -134,7 +133,7 @@ def _worker(model: str, steps: int, warmup: int) -> None:
             began = clock()
             batch = next(batches)
             built = clock()
-            trainer.train_step(batch, corruption, greyscale)
+            trainer.train_step(batch)
             parts["build"] += built - began
             parts["step"] += clock() - built
     seconds = clock() - started

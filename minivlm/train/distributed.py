@@ -46,6 +46,7 @@ class SingleProcess:
     """P = 1: every collective is the identity."""
 
     rank, size = 0, 1
+    local_rank, local_size = 0, 1  # on this machine
 
     def allreduce_sum(self, buffer, what: str) -> None:
         pass

@@ -14,10 +14,11 @@ stays `latest`; with skip_nonfinite N, up to N such steps are skipped instead.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,7 @@ from .checkpoint import (
     load_training_state,
     save_training_checkpoint,
 )
-from .config import LOSS_WEIGHTINGS, TrainConfig
+from .config import LOSS_WEIGHTINGS, TrainConfig, data_workers_for
 from .distributed import (
     FlatGradients,
     ProcessGroup,
@@ -54,6 +55,7 @@ from .distributed import (
     process_group,
 )
 from .folder_data import FolderSplit, FolderStream, folder_tokenizer
+from .prefetch import Prefetcher, prefetch_to
 
 
 def sequence_loss(
@@ -119,6 +121,83 @@ def length_groups(lengths: np.ndarray) -> list[np.ndarray]:
         return [order]
     cut = int(cuts[np.argmin(costs)])
     return [order[:cut], order[cut:]]
+
+
+@dataclass(frozen=True)
+class StepPart:
+    """One length group of a step's rows, cut to its own longest row: one forward pass."""
+
+    images: np.ndarray  # (G, 3, S, S) float32
+    inputs: np.ndarray  # (G, W) int64: the decoder's input, attribute words corrupted
+    targets: np.ndarray  # (G, W) int64, IGNORE_INDEX where nothing is trained
+    weights: np.ndarray  # (G, W) float64: loss weights before the batch's normalisation
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What train_step reads of this rank's rows of batch `step`, the host's work on them
+    done (augmented, weighed, split into length groups). The parts' arrays are NumPy's
+    or, handed out by a GPU run's prefetcher, CuPy's; `total` (the weight total of these
+    rows, see weight_shares) stays a float on the host."""
+
+    step: int
+    parts: tuple[StepPart, ...]
+    total: float
+
+    def map_arrays(self, function: Callable) -> StepInputs:
+        """A copy with `function` applied to every array of every part."""
+        parts = tuple(
+            StepPart(*(function(getattr(part, f.name)) for f in dataclasses.fields(StepPart)))
+            for part in self.parts
+        )
+        return dataclasses.replace(self, parts=parts)
+
+
+@dataclass(frozen=True)
+class StepPreparation:
+    """A batch's host work before a step, a pure function of (batch, step, rows), so
+    data workers do it ahead of the step (see PreparedStream). rows: where the batch's
+    rows sit in the global batch (None: it is the whole batch)."""
+
+    corruption: AttributeCorruption
+    greyscale: GreyscaleCaptions | None
+    loss_weighting: str
+    answer_weight: float
+
+    def __call__(self, batch: Batch, step: int, rows: np.ndarray | None = None) -> StepInputs:
+        # corruption reads which words are trained before greyscale drops colour targets
+        inputs = self.corruption(batch.inputs, batch.targets, batch.answers, step, rows)
+        if self.greyscale is not None:
+            batch = self.greyscale(batch, step, rows)
+        # the loss is normalised by the whole batch's total, known after the ranks' sum:
+        # each rank's loss and gradients are divided by it once they are summed
+        weights, total = weight_shares(
+            batch.targets, batch.answers, self.loss_weighting, self.answer_weight
+        )
+        parts = []
+        for group in length_groups(batch.lengths):  # the loss a group of rows at a time
+            width = int(batch.lengths[group].max())
+            parts.append(
+                StepPart(
+                    batch.images[group],
+                    inputs[group, :width],
+                    batch.targets[group, :width],
+                    weights[group, :width],
+                )
+            )
+        return StepInputs(step, tuple(parts), total)
+
+
+@dataclass(frozen=True)
+class PreparedStream:
+    """A training stream whose batch s comes out as the StepInputs of step s: what
+    stream_batches' workers build, so that the training process only copies them."""
+
+    stream: TrainingStream | FolderStream
+    prepare: StepPreparation
+
+    def batch(self, step: int, rows: np.ndarray | None = None) -> StepInputs:
+        return self.prepare(self.stream.batch(step, rows), step, rows)
 
 
 @dataclass
@@ -199,40 +278,33 @@ class Trainer:
 
     def train_step(
         self,
-        batch: Batch,
-        corruption: AttributeCorruption,
+        batch: Batch | StepInputs,
+        corruption: AttributeCorruption | None = None,
         greyscale: GreyscaleCaptions | None = None,
     ) -> float:
-        """One update from this rank's rows of the global batch (`batch`, as `self.batch`
-        gives them): the gradient of the whole batch's loss, summed over the ranks."""
+        """One update from this rank's rows of the global batch: a Batch (as `self.batch`
+        gives it), augmented and split here by `corruption` and `greyscale`, or the
+        StepInputs of this step (training_batches's, their arrays maybe on the device
+        already). The gradient is the whole batch's loss's, summed over the ranks."""
+        inputs = (
+            batch if isinstance(batch, StepInputs) else self._prepared(batch, corruption, greyscale)
+        )
+        if inputs.step != self.step:
+            raise ValueError(
+                f"train_step batch: expected the inputs of step {self.step}, "
+                f"got those of step {inputs.step}"
+            )
         self.model.train()
         if self.group.size > 1:  # dropout masks of this rank's rows, whatever P
             random.manual_seed([self.config.seed, self.step, self.group.rank])
-        rows = self.my_rows()  # where this rank's rows sit in the global batch
-        # corruption reads which words are trained before greyscale drops colour targets
-        inputs = corruption(batch.inputs, batch.targets, batch.answers, self.step, rows)
-        if greyscale is not None:
-            batch = greyscale(batch, self.step, rows)
-        c = self.config
-        # the loss is normalised by the whole batch's total, known after the ranks' sum:
-        # each rank's loss and gradients are divided by it once they are summed
-        weights, total = weight_shares(
-            batch.targets, batch.answers, c.loss_weighting, c.answer_weight
-        )
         self.optimizer.zero_grad()
-        loss = 0.0
-        for group in length_groups(batch.lengths):  # the loss a group of rows at a time
-            width = int(batch.lengths[group].max())
-            part = sequence_loss(
-                self.model,
-                batch.images[group],
-                inputs[group, :width],
-                batch.targets[group, :width],
-                c.device,
-                weights[group, :width],
+        loss, total = 0.0, inputs.total
+        for part in inputs.parts:
+            loss_part = sequence_loss(
+                self.model, part.images, part.inputs, part.targets, self.config.device, part.weights
             )
-            part.backward()  # gradients add up across the groups
-            loss += part.item()
+            loss_part.backward()  # gradients add up across the groups
+            loss += loss_part.item()
         if self.group.size > 1:  # sum the ranks' shares: the whole batch's
             loss, total = self._flat_gradients().allreduce(self.group, loss, total, self.step + 1)
         loss = self._normalise(loss, total)
@@ -245,6 +317,20 @@ class Trainer:
         self.schedule.step()
         self.step += 1
         return loss
+
+    def _prepared(
+        self,
+        batch: Batch,
+        corruption: AttributeCorruption | None,
+        greyscale: GreyscaleCaptions | None,
+    ) -> StepInputs:
+        if corruption is None:
+            raise ValueError(
+                "train_step corruption: expected an AttributeCorruption with a Batch, got None"
+            )
+        c = self.config
+        prepare = StepPreparation(corruption, greyscale, c.loss_weighting, c.answer_weight)
+        return prepare(batch, self.step, self.my_rows())
 
     def _normalise(self, loss: float, total: float) -> float:
         """The loss, and in place every gradient, divided by the batch's weight total."""
@@ -264,6 +350,11 @@ class Trainer:
         if self._gradients is None:
             self._gradients = FlatGradients(list(self.model.parameters()))
         return self._gradients
+
+    def preparation(self) -> StepPreparation:
+        """The host work train_step needs done on each batch (see StepPreparation)."""
+        c = self.config
+        return StepPreparation(*self.augmentations(), c.loss_weighting, c.answer_weight)
 
     def augmentations(self) -> tuple[AttributeCorruption, GreyscaleCaptions]:
         """What train_step applies to each batch (rate 0: nothing)."""
@@ -378,7 +469,6 @@ def train(
 def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
     """The steps; rank 0 alone evaluates, logs, checkpoints and shows progress."""
     config, lead = trainer.config, trainer.group.rank == 0
-    corruption, greyscale = trainer.augmentations()
     end = config.steps if stop_at is None else min(stop_at, config.steps)
     started, samples = time.perf_counter(), 0
     outputs = (
@@ -387,9 +477,9 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
         else contextlib.nullcontext((None, None))
     )
     with training_batches(trainer, end) as batches, outputs as (log, bar):
-        for batch in batches:
+        for inputs in batches:
             try:
-                loss = trainer.train_step(batch, corruption, greyscale)
+                loss = trainer.train_step(inputs)
             except (NonFiniteError, AnomalyError) as error:
                 if len(trainer.skipped_steps) >= config.skip_nonfinite:
                     raise _stopped(trainer, out, error) from error
@@ -425,21 +515,34 @@ def _run(trainer: Trainer, out: Path, stop_at: int | None) -> None:
 
 
 @contextlib.contextmanager
-def training_batches(trainer: Trainer, end: int) -> Iterator[BatchBuilder | Iterator[Batch]]:
-    """This rank's batches from trainer.step to `end` (stream_batches), for a with
-    block. Built in this process, a rank of several builds its next batch while it
-    waits for the others at the allreduce, until the block ends."""
-    config = trainer.config
-    batches = stream_batches(
-        trainer.stream(), trainer.step, end, config.data_workers, trainer.my_rows()
-    )
-    builds_ahead = isinstance(batches, BatchBuilder) and trainer.group.size > 1
+def training_batches(trainer: Trainer, end: int) -> Iterator[Prefetcher]:
+    """This rank's StepInputs from trainer.step to `end`, on the trainer's device, for a
+    with block.
+
+    With data workers (config.data_workers, "auto": data_workers_for) each is built and
+    prepared whole in a worker process; without, in this process when asked for, and a
+    rank of several builds its next batch while it waits for the others at the
+    allreduce, until the block ends. On a GPU the next one's arrays are copied while a
+    step runs (prefetch.py)."""
+    config, start, rows = trainer.config, trainer.step, trainer.my_rows()
+    prepared = PreparedStream(trainer.stream(), trainer.preparation())
+    workers = data_workers_for(config.data_workers, config.device, trainer.group.local_size)
+    builder = None
+    if workers:
+        host = stream_batches(prepared, start, end, workers, rows)
+    else:
+        builder = BatchBuilder(prepared.stream, start, end, rows)
+        host = (prepared.prepare(batch, step, rows) for step, batch in enumerate(builder, start))
+    builds_ahead = builder is not None and trainer.group.size > 1
     if builds_ahead:
-        trainer.group.while_waiting = batches.build_one  # build ahead instead of idling
+        trainer.group.while_waiting = builder.build_one  # build ahead instead of idling
+    batches = prefetch_to(config.device, host)
     try:
         yield batches
     finally:
         batches.close()  # stops the workers, if any
+        if builder is not None:
+            builder.close()
         if builds_ahead:
             trainer.group.while_waiting = None
 
