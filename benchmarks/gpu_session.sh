@@ -6,8 +6,10 @@
 #   2. attention forward+backward at N = 1024, 2048, 4096, head dims 32, 64, 128, causal
 #      and not: cupy-fused (CUDA cores), cupy-fused-3xtf32, cupy-fused-tf32, torch-cuda,
 #      with the float32 and TF32 GEMM rates of the same run
-#   3. the training step of both models (`minivlm bench train --device cuda`)
-#   4. the demo preset's training throughput for 300 steps, data workers "auto" and 0
+#   3. the training step of both models (`minivlm bench train --device cuda`): eager, the
+#      step captured as a CUDA graph (graph-cuda) and PyTorch eager
+#   4. the demo preset's training throughput for 300 steps: data workers "auto" and 0,
+#      and "auto" with --cuda-graph
 # Every report lands in $OUT (default benchmarks/results/gpu-<date>), with the log of each
 # step. A step that fails is reported and the next one runs.
 #
@@ -40,10 +42,11 @@ for head_dim in 32 64 128; do
         --json "$OUT/attention-gpu-d$head_dim.json"
 done
 step train 240 "$PYTHON" -m minivlm bench train --device cuda --json "$OUT/train-gpu.json"
-for workers in auto 0; do
-    step "demo-steps-workers-$workers" 240 "$PYTHON" -m minivlm train --preset demo \
-        --device cuda --steps 300 --data-workers "$workers" --out-dir "$OUT/demo-$workers" \
-        --overwrite --no-progress
-    tail -n 1 "$OUT/demo-$workers/log.jsonl" > "$OUT/demo-steps-workers-$workers.json" 2>/dev/null
+for run in "auto" "0" "auto --cuda-graph"; do
+    name=$(echo "$run" | tr -d ' -')
+    # shellcheck disable=SC2086  # $run holds the flag after the worker count
+    step "demo-steps-$name" 240 "$PYTHON" -m minivlm train --preset demo --device cuda \
+        --steps 300 --data-workers $run --out-dir "$OUT/demo-$name" --overwrite --no-progress
+    tail -n 1 "$OUT/demo-$name/log.jsonl" > "$OUT/demo-steps-$name.json" 2>/dev/null
 done
 echo "reports in $OUT"

@@ -9,8 +9,9 @@
 // The per-step numbers are read from device memory, never passed by value, so a captured
 // CUDA graph that replays this launch sees each step's lr and bias corrections.
 //
-// For element i of parameter k with factors[k][ACTIVE] != 0 (a parameter without a
-// gradient this step is left alone, moments included):
+// A NaN grad_scale (the clipping saw a non-finite norm or loss) updates nothing. Else for
+// element i of parameter k with factors[k][ACTIVE] != 0 (a parameter without a gradient
+// this step is left alone, moments included):
 //   g = grad * scale
 //   p = p * decay                                   decay = 1 - lr * wd
 //   v = beta2 * v + (1 - beta2) * g^2
@@ -78,7 +79,7 @@ __device__ __forceinline__ void adamw_step(T* __restrict__ param, const T* __res
                                            const double* __restrict__ grad_scale, long long n) {
     const long long stride = (long long)gridDim.x * blockDim.x;
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
+    if (i >= n || grad_scale[0] != grad_scale[0]) return;  // NaN scale: no update at all
     const T scale = T(grad_scale[0]);
     int k = parameter_of(ends, count, i);
     Factors<T> f = load_factors<T>(factors + (size_t)k * FACTORS);

@@ -7,8 +7,10 @@ so one piece of code runs on both. CuPy is imported only when a CUDA array or th
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -88,6 +90,28 @@ def is_cupy(xp) -> bool:
     """Whether `xp` (from get_array_module) is CuPy: the one device test an op makes,
     once in its forward, to choose a hand-written CUDA kernel over its NumPy code."""
     return bool(_cupy) and xp is _cupy
+
+
+_values_checked_on_host = False
+
+
+@contextlib.contextmanager
+def values_checked_on_host() -> Iterator[None]:
+    """Within the block, the checks of token ids and targets that would read a CuPy
+    array's values back to the host are skipped: the caller checked those values on the
+    host before they were copied (a step captured as a CUDA graph cannot read device
+    values). NumPy arrays are always checked: it costs nothing."""
+    global _values_checked_on_host
+    previous, _values_checked_on_host = _values_checked_on_host, True
+    try:
+        yield
+    finally:
+        _values_checked_on_host = previous
+
+
+def needs_value_check(array) -> bool:
+    """Whether an op should check `array`'s values (see values_checked_on_host)."""
+    return not (_values_checked_on_host and is_cupy_array(array))
 
 
 def to_device(array, device: str):

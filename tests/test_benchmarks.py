@@ -285,6 +285,29 @@ def test_train_steps_are_checked_against_float64_minivlm_and_timed():
         assert rows["torch-cpu"]["status"] == "unavailable"
 
 
+def test_the_captured_step_candidate_checks_and_steps_on_the_cpu_stand_in():
+    """graph-cuda's code on the CPU (where its body runs eagerly): its weighted loss's
+    gradients are the eager mean cross-entropy's, and a step trains the model."""
+    from minivlm import manual_seed
+
+    config, batch, length = train.model_case("tiny")
+    manual_seed(0)
+    state = VLM(config).state_dict()
+    rng = np.random.default_rng(0)
+    shape = (batch, 3, config.image_size, config.image_size)
+    batches = [(rng.random(shape, dtype=np.float32),
+                *rng.integers(0, config.vocab_size, (2, batch, length)))]  # fmt: skip
+    graph = train.graph_candidate(config, state, "cpu", batches)
+    eager = train.minivlm_candidate(config, state, "cpu", batches)
+    got, want = graph.results(), eager.results()
+    assert set(got) == set(want)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+    before = got["loss"]
+    graph.runs["step"](0)
+    assert graph.results()["loss"] != before, "a step changes the weights"
+
+
 def test_a_training_step_with_wrong_gradients_is_refused_before_it_is_timed():
     def doubled(config, state, device, batches):
         right = train.minivlm_candidate(config, state, device, batches)

@@ -279,6 +279,56 @@ def test_a_nan_gradient_makes_the_norm_nan_and_the_scale_nan():
     assert np.isnan(flat.grad_scale[0])
 
 
+@pytest.mark.parametrize("bad", ["grad inf", "grad nan", "loss nan", "loss inf"])
+def test_a_non_finite_norm_or_loss_updates_nothing_and_undo_takes_the_counts_back(bad):
+    """What a captured step relies on: the device decides to skip, the host undoes."""
+    params = make_params()
+    flat = FlatAdamW(two_groups(params), lr=1e-2)
+    run(flat, params, random_grads(params, 2))  # two good steps first
+    weights = [p.data.copy() for p in params]
+    state = flat.state_dict()  # NumPy copies
+    for param, grad in zip(params, random_grads(params, 1, seed=5)[0], strict=True):
+        param.grad = grad
+    loss = np.float32({"loss nan": np.nan, "loss inf": np.inf}.get(bad, 1.0))
+    if bad.startswith("grad"):
+        params[2].grad[0] = np.inf if bad == "grad inf" else np.nan
+    flat.clip_grad_norm_(1.0, loss=loss)
+    assert np.isnan(flat.grad_scale[0])
+    flat.prepare_step()
+    flat.apply_step()
+    assert flat.grad_scale[0] == 1.0, "the scale is reset for the next step"
+    flat.undo_prepare()
+    assert_same_bits([p.data for p in params], weights, "weights after a skipped step")
+    assert_same_state(flat.state_dict(), state)
+
+
+def test_undo_after_a_parameters_first_step_leaves_it_without_state_as_adamw():
+    params = make_params()
+    flat = FlatAdamW(params, lr=1e-2)
+    for param, grad in zip(params, random_grads(params, 1)[0], strict=True):
+        param.grad = grad
+    flat.gather_grads()
+    flat.prepare_step()
+    assert len(flat.state) == len(params)
+    flat.undo_prepare()
+    assert flat.state == {}
+
+
+def test_step_is_gather_prepare_and_apply():
+    """prepare_step on the host, apply_step on the device: together step()'s bits."""
+    grads = random_grads(make_params(), 3, missing=0.2)
+    whole, halves = make_params(), make_params()
+    one, two = FlatAdamW(two_groups(whole), lr=1e-2), FlatAdamW(two_groups(halves), lr=1e-2)
+    for step_grads in grads:
+        for p, q, grad in zip(whole, halves, step_grads, strict=True):
+            p.grad = q.grad = None if grad is None else grad.copy()
+        one.step()
+        two.gather_grads()
+        two.prepare_step()
+        two.apply_step()
+    assert_same_bits([q.data for q in halves], [p.data for p in whole], "weights")
+
+
 def test_clipping_refuses_a_max_norm_of_zero():
     with pytest.raises(ValueError, match="max_norm must be > 0, got 0.0"):
         FlatAdamW(make_params()).clip_grad_norm_(0)

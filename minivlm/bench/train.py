@@ -40,7 +40,8 @@ LEARNING_RATE, WEIGHT_DECAY = 1e-3, 0.01
 # least 1e-3 of the model's largest gradient (a key bias's is 0: softmax ignores a shift
 # of a whole row)
 TOLERANCE = {"loss": 1e-5, "gradients": 1e-2, "float64": 1e-8}
-FRAMEWORKS = ("minivlm", "torch")
+# "graph": our step captured as a CUDA graph and replayed (minivlm.train.graph_step), GPU only
+FRAMEWORKS = ("minivlm", "graph", "torch")
 DEFAULTS = {"models": ["reference", "demo"], "repeats": 10, "warmup": 2}
 QUICK = {"models": ["tiny"], "repeats": 3, "warmup": 1}
 
@@ -156,6 +157,49 @@ def minivlm_candidate(config, state: dict, device: str, batches: list) -> harnes
     return harness.Candidate(gradients, {"step": step}, clock, "numpy")
 
 
+def graph_candidate(config, state: dict, device: str, batches: list) -> harness.Candidate:
+    """Our VLM's step captured as a CUDA graph and replayed, FlatAdamW, no clipping: the
+    same loss, the mean cross-entropy, written as weights 1 / (B T) on every target."""
+    import math
+
+    from .. import Tensor
+    from ..backend import to_device, to_numpy
+    from ..optim import FlatAdamW
+    from ..train.graph_step import GraphedStep
+    from ..train.loop import StepInputs, StepPart
+
+    model = our_model(config, state, device, np.float32)
+    optimizer = FlatAdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+    graphed = GraphedStep(model, optimizer, grad_clip=math.inf)  # the norm, never a clip
+    steps = []
+    for images, tokens, targets in batches:
+        weights = np.full(tokens.shape, 1.0 / tokens.size)  # (B, T): the mean
+        part = StepPart(*(to_device(a, device) for a in (images, tokens, targets, weights)))
+        steps.append(StepInputs(0, (part,), 1.0))
+
+    def loss_and_gradients(model, dtype) -> dict:
+        model.eval()
+        part = steps[0].parts[0]
+        _, loss = model(Tensor(part.images.astype(dtype)), part.inputs, part.targets,
+                        part.weights)  # fmt: skip
+        loss.backward()
+        got = {"loss": np.asarray(loss.item())}
+        got.update({f"d {name}": to_numpy(p.grad) for name, p in model.named_parameters()})
+        model.zero_grad()
+        return got
+
+    def gradients() -> dict:
+        return check_entries(
+            loss_and_gradients(model, np.float32),
+            loss_and_gradients(our_model(config, state, device, np.float64), np.float64),
+        )
+
+    def step(index: int) -> None:
+        graphed(steps[index % len(steps)])
+
+    return harness.Candidate(gradients, {"step": step}, harness.cupy_clock, "numpy")
+
+
 def torch_candidate(config, state: dict, device: str, batches: list) -> harness.Candidate:
     """The PyTorch twin and torch.optim.AdamW on `device`."""
     import torch.nn.functional as tf
@@ -191,7 +235,7 @@ def torch_candidate(config, state: dict, device: str, batches: list) -> harness.
     return harness.Candidate(gradients, {"step": step}, clock, "torch")
 
 
-MAKERS = {"minivlm": minivlm_candidate, "torch": torch_candidate}
+MAKERS = {"minivlm": minivlm_candidate, "graph": graph_candidate, "torch": torch_candidate}
 
 
 def reference_gradients(config, state: dict, batch) -> dict[str, np.ndarray]:
@@ -248,6 +292,8 @@ def run_train_benchmark(args: argparse.Namespace, makers: dict | None = None, lo
             name = f"{framework}-{device}"
             why = harness.why_no_torch(device) if framework == "torch" else None
             why = why or (harness.why_no_cuda() if device == "cuda" else None)
+            if framework == "graph" and device == "cpu":
+                why = "a CUDA graph is captured on a GPU only"
             rows[name] = why and harness.row(name, "unavailable", why)
             try:
                 if why is None:
@@ -265,6 +311,7 @@ def run_train_benchmark(args: argparse.Namespace, makers: dict | None = None, lo
             results.append({**result, "model": model_name, "samples_per_second": rate})
             log(f"{model_name} {name}: {result['status']}")
     pairs = [(f"minivlm-{device}", f"torch-{device}") for device in devices]
+    pairs += [("graph-cuda", "torch-cuda"), ("graph-cuda", "minivlm-cuda")] * ("cuda" in devices)
     report = {
         "benchmark": "train", "machine": machine, "config": harness.settings(args),
         "models": models, "results": results,

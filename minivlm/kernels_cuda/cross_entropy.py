@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from minivlm.backend import require_cuda
+from minivlm.backend import needs_value_check, require_cuda
 from minivlm.kernels_cuda.checks import as_int32_vector, check_float_array, check_shape
 from minivlm.kernels_cuda.loader import dtype_suffix, get_kernel, new_output, row_block_threads
 
@@ -38,6 +38,8 @@ def _targets(cupy, targets, rows: int, vocab: int, ignore_index: int):
     (the check reads one flag back from the GPU)."""
     values = cupy.asarray(targets)
     targets_int32 = as_int32_vector(cupy, "targets", values, rows)  # checks dtype and shape
+    if not needs_value_check(values):  # checked on the host (values_checked_on_host)
+        return targets_int32
     # checked on the original values, before int32 could wrap a large one into range
     out_of_range = (values != ignore_index) & ((values < 0) | (values >= vocab))
     if bool(out_of_range.any()):

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import functional as F
 from ..autograd import Tensor
-from ..backend import get_array_module, to_device
+from ..backend import get_array_module, needs_value_check, to_device
 from ..nn import (
     Embedding,
     LayerNorm,
@@ -283,12 +283,13 @@ class VLM(Module):
                 f"tokens: {ids.shape[1]} positions from start {start} exceed max_len {c.max_len}; "
                 f"expected at most {c.max_len - start}"
             )
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= c.vocab_size:
-            raise ValueError(
-                f"tokens: expected ids in 0..{c.vocab_size - 1} (vocab_size {c.vocab_size}), "
-                f"got {low if low < 0 else high}"
-            )
+        if needs_value_check(ids):
+            low, high = int(ids.min()), int(ids.max())
+            if low < 0 or high >= c.vocab_size:
+                raise ValueError(
+                    f"tokens: expected ids in 0..{c.vocab_size - 1} (vocab_size {c.vocab_size}), "
+                    f"got {low if low < 0 else high}"
+                )
         return to_device(ids, self.token_embedding.weight.device).astype(np.int64, copy=False)
 
     def check_image_features(self, image_features, batch: int) -> Tensor:

@@ -78,9 +78,8 @@ class FlatGroup:
     grad: object  # (N,) the gradients, copied in by gather_grads (zeros for a None grad)
     exp_avg: object  # (N,) m
     exp_avg_sq: object  # (N,) v
-    zeros: object  # (largest parameter's size,) stands in for a missing gradient
     scratch: object  # (N,) the NumPy update's intermediate; None on CuPy (the kernel needs none)
-    views: dict  # "param", "exp_avg", "exp_avg_sq" -> [P views shaped like the parameters]
+    views: dict  # "param", "grad", "exp_avg", "exp_avg_sq" -> [P views shaped like the params]
     active: list  # [P] whether each parameter had a grad at the last gather_grads
 
 
@@ -110,11 +109,12 @@ class FlatAdamW(AdamW):
         self.factors = xp.asarray(self.host_factors) if is_cupy(xp) else self.host_factors
         self.grad_scale = xp.ones(1, dtype=np.float64)  # (1,) the next step's clipping scale
         self._gathered = False  # whether the flat grad buffers hold this step's grads
+        self._advanced: list[int] = []  # the params whose step the last prepare_step advanced
 
     # -- one step ---------------------------------------------------------------------------
     def gather_grads(self) -> None:
-        """Copy every param.grad into its group's flat grad buffer, one concatenate a group;
-        a None grad becomes zeros there and marks its parameter inactive for this step.
+        """Copy every param.grad into its group's flat grad buffer; a None grad becomes
+        zeros there and marks its parameter inactive for this step.
 
         step() calls this itself unless clip_grad_norm_ did since the last step; grads
         changed after that are not seen by the step.
@@ -125,17 +125,28 @@ class FlatAdamW(AdamW):
                 _check_grad(f"FlatAdamW: param {index}", param)
         for group, flat in zip(self.param_groups, self.groups, strict=True):
             flat.active = [param.grad is not None for param in group["params"]]
-            pieces = [  # (size,) each, in the group's order
-                flat.zeros[: param.size] if param.grad is None else param.grad.ravel()
-                for param in group["params"]
-            ]
-            if pieces:
-                get_array_module(flat.grad).concatenate(pieces, out=flat.grad)
+            # one copy a parameter: CuPy's concatenate would send a table of pointers from
+            # the host, which a captured graph could not replay
+            for param, view in zip(group["params"], flat.views["grad"], strict=True):
+                if param.grad is None:
+                    view.fill(0)
+                else:
+                    view[...] = param.grad
         self._gathered = True
 
     def step(self) -> None:
         """One AdamW update of every parameter that has a gradient; the others are left
         alone. Applies and then resets the scale of clip_grad_norm_, if it was called."""
+        if not self._gathered:
+            self.gather_grads()
+        self.prepare_step()
+        self.apply_step()
+
+    def prepare_step(self) -> None:
+        """The host's half of step(): check the hyperparameters, advance the step count of
+        each parameter active at the last gather_grads, write their factors and copy the
+        table to the device. A captured CUDA graph of apply_step runs after this each step:
+        the graph reads the table, so the schedule's lr reaches it."""
         self._check_views()
         hypers = [
             self._check_hyperparameters(
@@ -143,16 +154,31 @@ class FlatAdamW(AdamW):
             )
             for index, group in enumerate(self.param_groups)
         ]
-        if not self._gathered:
-            self.gather_grads()
+        self._advanced = []
         for flat, hyper in zip(self.groups, hypers, strict=True):
             self._advance(flat, hyper)
         if self.factors is not self.host_factors:
             self.factors.set(self.host_factors)  # one host-to-device copy of the whole table
+
+    def apply_step(self) -> None:
+        """The device's half of step(): every group's update from its flat grads (one
+        kernel a group on CuPy), then the clipping scale back to 1. Reads no host value
+        that changes from step to step. When clip_grad_norm_ found a non-finite norm (or
+        loss) the scale is NaN and nothing is updated: take the step counts back with
+        undo_prepare."""
         for flat in self.groups:
             self._update_group(flat)
         self.grad_scale.fill(1.0)
         self._gathered = False
+
+    def undo_prepare(self) -> None:
+        """Take back the step counts the last prepare_step advanced (its update was
+        skipped); a parameter whose first step it was has no state again, as in AdamW."""
+        for index in self._advanced:
+            self.state[index]["step"] -= 1
+            if self.state[index]["step"] == 0:
+                del self.state[index]
+        self._advanced = []
 
     def _advance(self, flat: FlatGroup, hyper: dict) -> None:
         """Advance the step count of each active parameter and write its row of factors."""
@@ -165,6 +191,7 @@ class FlatAdamW(AdamW):
             state = self.state.get(index) or self._new_state(flat, offset)
             state["step"] += 1
             self.state[index] = state
+            self._advanced.append(index)
             if state["step"] not in rows_by_step:
                 rows_by_step[state["step"]] = _factor_row(hyper, state["step"])
             self.host_factors[index] = rows_by_step[state["step"]]
@@ -185,6 +212,8 @@ class FlatAdamW(AdamW):
             )
             return
         scale = self.grad_scale[0]
+        if np.isnan(scale):  # clip_grad_norm_ saw a non-finite norm or loss: no update
+            return
         if scale != 1.0:
             flat.grad *= flat.grad.dtype.type(scale)  # as clip_grad_norm_: g = g * scale
         # consecutive parameters with equal rows (usually the whole group) form one run,
@@ -217,16 +246,19 @@ class FlatAdamW(AdamW):
                 index += 1
 
     # -- gradient clipping ------------------------------------------------------------------
-    def clip_grad_norm_(self, max_norm: float):
+    def clip_grad_norm_(self, max_norm: float, loss=None):
         """Gather the grads and make the next step scale them so that their global L2 norm
         is at most `max_norm`, as minivlm.optim.clip_grad_norm_ does:
 
             total = sqrt(sum of grad^2 over every group's flat grad buffer)
-            scale = max_norm / (total + 1e-6) where that is < 1 or NaN, else 1
+            scale = min(max_norm / (total + 1e-6), 1)
 
-        The scale goes into `grad_scale` on the device and param.grad is left as it is.
-        Returns total as a float64 0-d array on the parameters' device (a NumPy scalar on
-        the CPU): reading it on the host is the only sync, and the caller chooses when.
+        A total that is NaN or inf, or a `loss` (a 0-d array on the device, optional) that
+        is, makes the scale NaN: the next step then updates nothing (see apply_step), where
+        a trainer would not apply the step either. The scale goes into `grad_scale` on the
+        device and param.grad is left as it is. Returns total as a float64 0-d array on the
+        parameters' device (a NumPy scalar on the CPU): reading it on the host is the only
+        sync, and the caller chooses when.
         """
         max_norm = check_real("FlatAdamW.clip_grad_norm_", "max_norm", max_norm, 0.0)
         if max_norm == 0:
@@ -239,8 +271,9 @@ class FlatAdamW(AdamW):
             grad = flat.grad.astype(np.promote_types(flat.grad.dtype, np.float32), copy=False)
             squares.append(xp.vdot(grad, grad).astype(np.float64))
         total = xp.sqrt(sum(squares))
-        scale = max_norm / (total + 1e-6)
-        self.grad_scale[...] = xp.where((scale < 1.0) | xp.isnan(scale), scale, 1.0)
+        finite = xp.isfinite(total) if loss is None else xp.isfinite(total) & xp.isfinite(loss)
+        scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
+        self.grad_scale[...] = xp.where(finite, scale, np.nan)
         return total
 
     # -- checkpoints ------------------------------------------------------------------------
@@ -321,7 +354,7 @@ def _flatten(xp, params: list, first: int, where: str) -> FlatGroup:
     sizes = [param.size for param in params]
     ends = np.cumsum(sizes, dtype=np.int64)  # (P,)
     total = int(ends[-1]) if params else 0
-    buffers = {name: xp.zeros(total, dtype) for name in ("param", "exp_avg", "exp_avg_sq")}
+    buffers = {name: xp.zeros(total, dtype) for name in ("param", "grad", "exp_avg", "exp_avg_sq")}
     views = {name: [] for name in buffers}
     for param, end, size in zip(params, ends, sizes, strict=True):
         for name, buffer in buffers.items():
@@ -333,8 +366,6 @@ def _flatten(xp, params: list, first: int, where: str) -> FlatGroup:
         ends=ends,
         device_ends=xp.asarray(ends),
         **buffers,
-        grad=xp.zeros(total, dtype),
-        zeros=xp.zeros(max(sizes, default=0), dtype),
         scratch=None if is_cupy(xp) else xp.empty(total, dtype),
         views=views,
         active=[False] * len(params),

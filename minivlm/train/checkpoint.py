@@ -260,6 +260,7 @@ def _apply(out_dir, trainer, state, config, tokenizer, weights, buffers) -> None
 _RUN_ONLY_FIELDS = {
     "progress",
     "data_workers",
+    "cuda_graph",
     "device",
     "out_dir",
     "log_every",

@@ -49,7 +49,8 @@ FLAGS: tuple[str, ...] = tuple(
     patch_size d_model n_heads n_encoder_layers n_blocks encoder_dropout max_len fusion norm
     token_lags
     steps batch_size lr warmup_steps min_lr_ratio weight_decay grad_clip
-    seed device data_workers out_dir log_every eval_every eval_batches checkpoint_every progress
+    seed device data_workers cuda_graph out_dir log_every eval_every eval_batches
+    checkpoint_every progress
     keep_checkpoints skip_nonfinite detect_anomaly rank_timeout
     data_dir val_data_dir val_fraction
     """.split()
@@ -98,6 +99,9 @@ class TrainConfig:
     # processes that build batches ahead of the step (0: in the training process);
     # "auto": some on a GPU, none on the CPU (see data_workers_for)
     data_workers: int | str = AUTO_WORKERS
+    # on a GPU: each step's kernels captured once as a CUDA graph and replayed
+    # (minivlm.train.graph_step); one process, no detect_anomaly
+    cuda_graph: bool = False
     out_dir: str = "runs/train"
     log_every: int = 10
     eval_every: int = 200
@@ -158,6 +162,10 @@ class TrainConfig:
             ("out_dir", self.out_dir.strip() != "", "a folder name"),
             ("data_workers", _is_worker_count(self.data_workers), "an int >= 0 or 'auto'"),
             ("device", self.device in ("cpu", "cuda"), "'cpu' or 'cuda'"),
+            ("cuda_graph", not self.cuda_graph or self.device == "cuda", "false unless device "
+             "is 'cuda'"),
+            ("cuda_graph", not (self.cuda_graph and self.detect_anomaly), "false with "
+             "detect_anomaly (it reads every op's output back to the host)"),
             ("log_every", self.log_every >= 1, "at least 1"),
             ("eval_every", self.eval_every >= 1, "at least 1"),
             ("checkpoint_every", self.checkpoint_every >= 1, "at least 1"),

@@ -37,7 +37,7 @@ from ..data import (
 )
 from ..data.stream import BatchBuilder, TrainingStream, stream_batches
 from ..models import VLM
-from ..optim import AdamW, WarmupCosine, clip_grad_norm_
+from ..optim import AdamW, FlatAdamW, WarmupCosine, clip_grad_norm_
 from . import run_folder
 from .augment import AttributeCorruption, GreyscaleCaptions
 from .checkpoint import (
@@ -55,6 +55,7 @@ from .distributed import (
     process_group,
 )
 from .folder_data import FolderSplit, FolderStream, folder_tokenizer
+from .graph_step import FixedShapes, GraphedStep
 from .prefetch import Prefetcher, prefetch_to
 
 
@@ -163,6 +164,7 @@ class StepPreparation:
     greyscale: GreyscaleCaptions | None
     loss_weighting: str
     answer_weight: float
+    fixed: FixedShapes | None = None  # a captured step's one part of a few shapes
 
     def __call__(self, batch: Batch, step: int, rows: np.ndarray | None = None) -> StepInputs:
         # corruption reads which words are trained before greyscale drops colour targets
@@ -174,6 +176,10 @@ class StepPreparation:
         weights, total = weight_shares(
             batch.targets, batch.answers, self.loss_weighting, self.answer_weight
         )
+        if self.fixed is not None:  # weights divided by the total here: it counts as 1
+            arrays = (batch.images, inputs, batch.targets, weights)
+            part = StepPart(*self.fixed.pad(*arrays, batch.lengths, total))
+            return StepInputs(step, (part,), 1.0)
         parts = []
         for group in length_groups(batch.lengths):  # the loss a group of rows at a time
             width = int(batch.lengths[group].max())
@@ -213,6 +219,7 @@ class Trainer:
     # the ranks training together (see distributed.py); SingleProcess when alone
     group: ProcessGroup = field(default_factory=SingleProcess)
     _gradients: FlatGradients | None = None  # with several ranks: the allreduce's buffer
+    _graphed: GraphedStep | None = None  # with config.cuda_graph: the captured steps
 
     @classmethod
     def create(cls, config: TrainConfig, group: ProcessGroup | None = None) -> Trainer:
@@ -227,6 +234,11 @@ class Trainer:
                 "TrainConfig.detect_anomaly: expected false with several ranks (a rank that "
                 "stops on an op would leave the others waiting), got true"
             )
+        if group.size > 1 and config.cuda_graph:
+            raise ValueError(
+                "TrainConfig.cuda_graph: expected false with several ranks (the captured "
+                "step has no allreduce), got true"
+            )
         random.manual_seed(config.seed)
         if config.data_dir:
             tokenizer = folder_tokenizer(config.data_dir, config.data.image_size)
@@ -239,7 +251,9 @@ class Trainer:
             tokenizer = default_tokenizer(config.data)
         model = VLM(config.model)  # its vocab_size is the tokenizer's (TrainConfig checks)
         model.to(config.device)
-        optimizer = AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+        # a captured step needs the flat optimizer (its numbers in device tables)
+        kind = FlatAdamW if config.cuda_graph else AdamW
+        optimizer = kind(parameter_groups(model, config.weight_decay), lr=config.lr)
         schedule = WarmupCosine(optimizer, config.warmup_steps, config.steps, config.min_lr_ratio)
         return cls(config, tokenizer, model, optimizer, schedule, group=group)
 
@@ -294,6 +308,14 @@ class Trainer:
                 f"train_step batch: expected the inputs of step {self.step}, "
                 f"got those of step {inputs.step}"
             )
+        loss = self._graphed_step(inputs) if self.config.cuda_graph else self._update(inputs)
+        self.schedule.step()
+        self.step += 1
+        return loss
+
+    def _update(self, inputs: StepInputs) -> float:
+        """The eager step: the parts' losses and gradients, the ranks' sum, clipping and
+        the update; NonFiniteError (and no update) for a NaN or inf loss or norm."""
         self.model.train()
         if self.group.size > 1:  # dropout masks of this rank's rows, whatever P
             random.manual_seed([self.config.seed, self.step, self.group.rank])
@@ -314,9 +336,16 @@ class Trainer:
                 f"step {self.step + 1}: the loss is {loss} and the gradient norm {norm}"
             )
         self.optimizer.step()
-        self.schedule.step()
-        self.step += 1
         return loss
+
+    def _graphed_step(self, inputs: StepInputs) -> float:
+        """The step captured as a CUDA graph (graph_step.py), inputs of FixedShapes."""
+        if self._graphed is None:
+            self._graphed = GraphedStep(self.model, self.optimizer, self.config.grad_clip)
+        try:
+            return self._graphed(inputs)
+        except NonFiniteError as error:
+            raise NonFiniteError(f"step {self.step + 1}: {error}") from error
 
     def _prepared(
         self,
@@ -329,7 +358,9 @@ class Trainer:
                 "train_step corruption: expected an AttributeCorruption with a Batch, got None"
             )
         c = self.config
-        prepare = StepPreparation(corruption, greyscale, c.loss_weighting, c.answer_weight)
+        prepare = StepPreparation(
+            corruption, greyscale, c.loss_weighting, c.answer_weight, self._fixed_shapes()
+        )
         return prepare(batch, self.step, self.my_rows())
 
     def _normalise(self, loss: float, total: float) -> float:
@@ -354,7 +385,14 @@ class Trainer:
     def preparation(self) -> StepPreparation:
         """The host work train_step needs done on each batch (see StepPreparation)."""
         c = self.config
-        return StepPreparation(*self.augmentations(), c.loss_weighting, c.answer_weight)
+        return StepPreparation(
+            *self.augmentations(), c.loss_weighting, c.answer_weight, self._fixed_shapes()
+        )
+
+    def _fixed_shapes(self) -> FixedShapes | None:
+        """With cuda_graph, the shapes the captured steps take; else None."""
+        c = self.config
+        return FixedShapes.for_model(c.model.max_len, c.model.vocab_size) if c.cuda_graph else None
 
     def augmentations(self) -> tuple[AttributeCorruption, GreyscaleCaptions]:
         """What train_step applies to each batch (rate 0: nothing)."""
