@@ -43,12 +43,13 @@ __device__ __forceinline__ void require_dynamic_shared_bytes(unsigned bytes) {
 
 // tile[r * STRIDE + c] = head[(row0 + r) * d + c] for r < ROWS, c < D; rows past
 // rows_total and columns past d are 0, so they add nothing to any product.
-// Four floats a load when d % 4 == 0 (rows then start on 16 bytes, as STRIDE does).
+// Four floats a load when d % 4 == 0 and the head starts on 16 bytes (rows then do too,
+// as STRIDE does); one at a time otherwise.
 template <int D, int ROWS, int STRIDE, int NT>
 __device__ __forceinline__ void load_rows(float* tile, const float* head, int row0,
                                           int rows_total, int d) {
     static_assert(STRIDE % 4 == 0 && D % 4 == 0, "16-byte rows");
-    if (d % 4 == 0) {
+    if (d % 4 == 0 && reinterpret_cast<size_t>(head) % 16 == 0) {
         constexpr int VECTORS = D / 4;
         for (int e = threadIdx.x; e < ROWS * VECTORS; e += NT) {
             const int r = e / VECTORS, c = 4 * (e % VECTORS), row = row0 + r;

@@ -55,12 +55,15 @@ def uniform_like(array):
 
 class DeviceKeys:
     """A table of 64-bit keys on the device for the uniform draws of a captured step:
-    the i-th draw after reset() reads keys[i]. refill() writes fresh keys from the one
-    generator, as many as the last pass drew."""
+    the i-th draw after reset() reads keys[i]. In a pass that runs (not one being
+    captured) each draw can take its key from the one generator there and then
+    (draw_now), so the generator moves exactly as in an eager step; before a replay,
+    refill() writes the keys of all the slots the captured pass used in one copy."""
 
     def __init__(self, xp, capacity: int = 256) -> None:
         self.keys = xp.zeros(capacity, dtype=np.uint64)  # (capacity,)
         self.used = 0  # draws since reset()
+        self.draw_now = False
 
     def take(self) -> int:
         if self.used == len(self.keys):
@@ -68,30 +71,35 @@ class DeviceKeys:
                 f"DeviceKeys: a step drew more than its {len(self.keys)} keys; make the table "
                 "with a larger capacity"
             )
+        if self.draw_now:
+            fresh = _generator.integers(2**63, size=1, dtype=np.uint64)
+            self.keys[self.used : self.used + 1] = get_array_module(self.keys).asarray(fresh)
         self.used += 1
         return self.used - 1
 
     def reset(self) -> None:
         self.used = 0
 
-    def refill(self, count: int | None = None) -> None:
-        """New keys for the first `count` slots (default: as many as the last pass used):
-        one copy to the device."""
-        count = self.used if count is None else count
-        fresh = _generator.integers(2**63, size=count, dtype=np.uint64)
-        self.keys[:count] = get_array_module(self.keys).asarray(fresh)
+    def refill(self) -> None:
+        """New keys for the slots the last pass used: one copy to the device. The same
+        keys as that many draws of one key each."""
+        fresh = _generator.integers(2**63, size=self.used, dtype=np.uint64)
+        self.keys[: self.used] = get_array_module(self.keys).asarray(fresh)
 
 
 @contextlib.contextmanager
-def use_device_keys(keys: DeviceKeys) -> Iterator[DeviceKeys]:
-    """Within the block, GPU draws read their keys from `keys` (slot by slot from 0)."""
+def use_device_keys(keys: DeviceKeys, draw_now: bool = False) -> Iterator[DeviceKeys]:
+    """Within the block, GPU draws read their keys from `keys` (slot by slot from 0);
+    with draw_now each key is drawn from the generator as its slot is taken."""
     global _device_keys
     previous, _device_keys = _device_keys, keys
     keys.reset()
+    keys.draw_now = draw_now
     try:
         yield keys
     finally:
         _device_keys = previous
+        keys.draw_now = False
 
 
 # u = the top 24 bits of splitmix64(key + (i + 1) * golden ratio) / 2^24, element i of out

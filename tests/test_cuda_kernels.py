@@ -271,6 +271,28 @@ def test_mma_flash_attention_takes_float32_only():
         attention_mma.flash_attention_forward(q, q, q, scale=0.25, causal=False)
 
 
+@pytest.mark.parametrize("precision", ["ieee", "3xtf32"])
+def test_the_fused_path_takes_heads_split_from_a_model_as_views(precision):
+    """The model's heads are strided views of (B, L, H d); the kernels read rows of d."""
+    from minivlm import F, Tensor
+
+    rng = np.random.default_rng(4)
+    batch, length, heads, head_dim = 2, 40, 2, 32
+    x = random_array(rng, (3, batch, length, heads * head_dim), np.float32)
+    d_out = random_array(rng, (batch, heads, length, head_dim), np.float32)
+    results = {}
+    for device in ("cpu", "cuda"):
+        leaves = [Tensor(a if device == "cpu" else cupy.asarray(a), requires_grad=True) for a in x]
+        q, k, v = (t.reshape(batch, length, heads, head_dim).transpose(0, 2, 1, 3) for t in leaves)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, impl="fused",
+                                             precision=precision)  # fmt: skip
+        out.backward(d_out if device == "cpu" else cupy.asarray(d_out))
+        results[device] = [out.data, *(leaf.grad for leaf in leaves)]
+    for name, got, want in zip(("out", "dq", "dk", "dv"), results["cuda"], results["cpu"],
+                               strict=True):  # fmt: skip
+        assert_close(name, got, want.astype(np.float64), np.float32)
+
+
 # ---- cross-entropy ---------------------------------------------------------------------
 
 IGNORE = -100

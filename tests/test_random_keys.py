@@ -44,6 +44,22 @@ def test_device_keys_hand_out_slots_in_order_and_refill_as_many_as_were_used():
         assert keys.used == 0, "each pass starts at slot 0"
 
 
+def test_drawing_as_slots_are_taken_moves_the_generator_as_a_refill_does():
+    """The warm-up draws each key as it is taken, replays refill the table at once: for
+    the same seed, the same keys (and the generator ends in the same state)."""
+    random.manual_seed(9)
+    keys = random.DeviceKeys(np, capacity=4)
+    with random.use_device_keys(keys, draw_now=True):
+        for _ in range(3):
+            keys.take()
+    drawn, after_drawing = keys.keys.copy(), random.generator().random()
+    assert not keys.draw_now, "drawing stops with the block"
+    random.manual_seed(9)
+    keys.refill()
+    np.testing.assert_array_equal(keys.keys, drawn)
+    assert random.generator().random() == after_drawing
+
+
 def test_a_step_that_draws_more_keys_than_the_table_holds_says_so():
     keys = random.DeviceKeys(np, capacity=1)
     with random.use_device_keys(keys):

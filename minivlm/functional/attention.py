@@ -129,7 +129,10 @@ class FusedAttention(Function):
         self.precision = precision
 
     def forward(self, q, k, v):
-        self.kernels, self.options = self._kernels(get_array_module(q))
+        xp = get_array_module(q)
+        self.kernels, self.options = self._kernels(xp)
+        if is_cupy(xp):  # the CUDA kernels read rows of d: the model's heads are views
+            q, k, v = (xp.ascontiguousarray(a) for a in (q, k, v))
         out, lse = self.kernels.flash_attention_forward(
             q, k, v, scale=self.scale, causal=self.causal, key_lengths=self.key_lengths,
             **self.options,
@@ -148,6 +151,8 @@ class FusedAttention(Function):
 
     def backward(self, d_out):
         q, k, v, out, lse = self.saved
+        if is_cupy(get_array_module(d_out)):
+            d_out = get_array_module(d_out).ascontiguousarray(d_out)
         return self.kernels.flash_attention_backward(
             q, k, v, out, lse, d_out,
             scale=self.scale, causal=self.causal, key_lengths=self.key_lengths, **self.options,

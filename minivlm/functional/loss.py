@@ -12,7 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module, is_cupy, needs_value_check, on_device_of
+from ..backend import (
+    get_array_module,
+    is_cupy,
+    needs_value_check,
+    on_device_of,
+    values_checked_on_host,
+)
 from ..kernels_cuda import cross_entropy as cuda_kernels
 
 
@@ -91,10 +97,11 @@ class CrossEntropy(Function):
         else:
             scale = dy / self.count if self.reduction == "mean" else dy
             d_rows = xp.broadcast_to(scale, targets.shape)
-        d_logits = self.rows_backward(
-            logits, targets, row_max, log_sum, xp.ascontiguousarray(d_rows),
-            ignore_index=self.ignore_index, label_smoothing=self.smoothing,
-        )                                                     # (N, V)
+        with values_checked_on_host():                       # the forward checked targets
+            d_logits = self.rows_backward(
+                logits, targets, row_max, log_sum, xp.ascontiguousarray(d_rows),
+                ignore_index=self.ignore_index, label_smoothing=self.smoothing,
+            )                                                 # (N, V)
         return d_logits, None
 
 

@@ -10,6 +10,7 @@ The backward's delta = rowsum(d_out * out) is attention.py's kernel.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -69,9 +70,9 @@ MMA_TILINGS: dict[str, dict[str, tuple[MmaTiling, ...]]] = {
         "x3": (MmaTiling(32, 32, 4), MmaTiling(64, 64, 4), MmaTiling(128, 16, 4)),
         "x1": (MmaTiling(32, 32, 4), MmaTiling(64, 64, 4), MmaTiling(128, 16, 4)),
     },
-    "flash_attn_mma_backward_dk_dv": {
-        "x3": (MmaTiling(32, 64, 4), MmaTiling(64, 32, 4), MmaTiling(128, 16, 4)),
-        "x1": (MmaTiling(32, 64, 4), MmaTiling(64, 64, 4), MmaTiling(128, 16, 4)),
+    "flash_attn_mma_backward_dk_dv": {  # d 128: the 16 x 128 dK and dV leave room for 8
+        "x3": (MmaTiling(32, 64, 4), MmaTiling(64, 32, 4), MmaTiling(128, 8, 4)),
+        "x1": (MmaTiling(32, 64, 4), MmaTiling(64, 64, 4), MmaTiling(128, 8, 4)),
     },
 }
 kernel_name = attention.kernel_name
@@ -104,11 +105,18 @@ def _launch(family: str, source: str, suffix: str, head_dim: int, heads: int, ro
     tiling = pick_tiling(family, suffix, head_dim)
     row_blocks = math.ceil(rows / tiling.block_rows)
     check_grid_rows(family, row_blocks)
-    kernel = get_kernel(source, kernel_name(family, tiling, suffix))
     shared = _shared_bytes(family, tiling)
-    if shared > STATIC_SHARED_LIMIT and kernel.max_dynamic_shared_size_bytes < shared:
-        kernel.max_dynamic_shared_size_bytes = shared  # an opt-in above 48 KiB
+    kernel = _kernel(source, kernel_name(family, tiling, suffix), shared)
     kernel((heads, row_blocks), (tiling.threads,), args, shared_mem=shared)
+
+
+@functools.cache
+def _kernel(source: str, name: str, shared: int):
+    """The kernel, allowed `shared` bytes of dynamic shared memory (an opt-in above 48 KiB)."""
+    kernel = get_kernel(source, name)
+    if shared > STATIC_SHARED_LIMIT:
+        kernel.max_dynamic_shared_size_bytes = shared
+    return kernel
 
 
 def _check_float32_qkv(cupy, q, k, v) -> tuple[int, int, int, int, int]:

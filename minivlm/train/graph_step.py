@@ -38,7 +38,13 @@ import numpy as np
 
 from .. import random
 from ..autograd import Tensor
-from ..backend import get_array_module, is_cupy, require_cuda, values_checked_on_host
+from ..backend import (
+    get_array_module,
+    is_cupy,
+    require_cuda,
+    to_numpy,
+    values_checked_on_host,
+)
 from ..data import IGNORE_INDEX
 from .checkpoint import NonFiniteError
 
@@ -110,20 +116,19 @@ def _fit(array: np.ndarray, width: int, fill) -> np.ndarray:
 @dataclass
 class StaticStep:
     """The device buffers one shape's graph reads and writes: the batch (copied in before
-    each replay), the loss and the gradient norm (read after)."""
+    each replay), the loss and the gradient norm (read after, together)."""
 
     images: object  # (B, 3, S, S) float32
     inputs: object  # (B, W) int64
     targets: object  # (B, W) int64
     weights: object  # (B, W) float64, summing to 1 over the batch
-    loss: object  # () float64
-    norm: object  # () float64
+    results: object  # (2,) float64: the loss and the gradient norm, read in one copy
 
     @classmethod
     def like(cls, xp, part) -> StaticStep:
         arrays = [xp.empty(a.shape, a.dtype) for a in (part.images, part.inputs, part.targets)]
         weights = xp.empty(part.weights.shape, np.float64)
-        return cls(*arrays, weights, xp.zeros((), np.float64), xp.zeros((), np.float64))
+        return cls(*arrays, weights, xp.zeros(2, np.float64))
 
     def fill(self, part) -> None:
         """Copy the part's arrays (host or device) into the buffers."""
@@ -165,21 +170,21 @@ class GraphedStep:
         half in between (eager); a captured body leaves it to the host before each replay."""
         self.model.train()
         self.optimizer.zero_grad()
-        with values_checked_on_host():
+        with values_checked_on_host():  # forward and backward: no device value read
             _, loss = self.model(Tensor(static.images), static.inputs, static.targets,
                                  static.weights)  # fmt: skip
-        loss.backward()
+            loss.backward()
         norm = self.optimizer.clip_grad_norm_(self.grad_clip, loss=loss.data)
         if prepare:
             self.optimizer.prepare_step()
         self.optimizer.apply_step()
-        static.loss[...] = loss.data
-        static.norm[...] = norm
+        static.results[0] = loss.data
+        static.results[1] = norm
 
     def finish(self, static: StaticStep) -> float:
         """The loss after a step: the one read from the device. A NaN or inf loss or norm
         means the update was skipped: take the step counts back and say so."""
-        loss, norm = float(static.loss), float(static.norm)
+        loss, norm = (float(x) for x in to_numpy(static.results))
         if not (math.isfinite(loss) and math.isfinite(norm)):
             self.optimizer.undo_prepare()
             raise NonFiniteError(f"the loss is {loss} and the gradient norm {norm}")
@@ -214,8 +219,7 @@ class CapturedShape:
 
     def run(self) -> float:
         if not self.warmed_up:
-            self.keys.refill(len(self.keys.keys))
-            with self._on_own_stream():
+            with self._on_own_stream(draw_keys_now=True):
                 self.step.body(self.static, prepare=True)
             self.warmed_up = True
             return self.step.finish(self.static)
@@ -236,16 +240,17 @@ class CapturedShape:
         return graph
 
     @contextlib.contextmanager
-    def _on_own_stream(self) -> Iterator[None]:
+    def _on_own_stream(self, draw_keys_now: bool = False) -> Iterator[None]:
         """The side stream, after what the current stream has queued (the buffers'
-        copies), with the own pool and dropout's key table; the current stream then
+        copies), with the own pool and dropout's key table (keys drawn as they are
+        taken in the warm-up, refilled before each replay); the current stream then
         waits for it."""
         current = self.cupy.cuda.get_current_stream()
         self.stream.wait_event(current.record())
         with (
             self.cupy.cuda.using_allocator(self.pool.malloc),
             self.stream,
-            random.use_device_keys(self.keys),
+            random.use_device_keys(self.keys, draw_now=draw_keys_now),
         ):
             yield
         current.wait_event(self.stream.record())

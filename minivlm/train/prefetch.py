@@ -111,6 +111,8 @@ class Prefetcher:
                 self._started.append(self.copier.start(item))
 
     def close(self) -> None:
+        for started in self._started:  # the compute stream waits for copies still running,
+            self.copier.finish(started)  # so their memory is not reused under them
         self._started.clear()
         self._end = StopIteration()
         close = getattr(self.source, "close", None)
