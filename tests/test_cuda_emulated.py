@@ -114,7 +114,9 @@ def build_emulator(build_dir: Path, kernel_source: str) -> Path:
 
 def has_cxx20_barrier(build_dir: Path) -> bool:
     probe = build_dir / "barrier_probe.cpp"
-    probe.write_text("#include <barrier>\nint main() { std::barrier<> b(1); b.arrive_and_wait(); }\n")
+    probe.write_text(
+        "#include <barrier>\nint main() { std::barrier<> all(1); all.arrive_and_wait(); }"
+    )
     command = [GXX, *CXX_FLAGS, "-o", str(probe.with_suffix("")), str(probe)]
     return subprocess.run(command, capture_output=True, timeout=120).returncode == 0
 
@@ -142,8 +144,10 @@ class Case:
 
     def __str__(self) -> str:
         mask = "causal" if self.causal else "full"
-        lengths = "" if self.key_lengths is None else "-lengths" + ",".join(map(str, self.key_lengths))
-        return f"{self.precision}-{mask}-{'x'.join(map(str, self.shape))}{lengths}"
+        name = f"{self.precision}-{mask}-{'x'.join(map(str, self.shape))}"
+        if self.key_lengths is not None:
+            name += "-lengths" + ",".join(map(str, self.key_lengths))
+        return name
 
 
 def launch(emulator: Path, work: Path, family: str, case: Case, rows: int, scale: float) -> None:
@@ -232,7 +236,7 @@ def max_relative_error(name: str, got: np.ndarray, want: np.ndarray) -> float:
     element was written and that the infinities sit exactly where the reference has them."""
     got = got.astype(np.float64)
     nan_at = np.argwhere(np.isnan(got))
-    assert nan_at.size == 0, f"{name}: {len(nan_at)} NaN elements (unwritten?), first at {nan_at[0]}"
+    assert nan_at.size == 0, f"{name}: {len(nan_at)} NaN (unwritten?) elements, first {nan_at[0]}"
     finite = np.isfinite(want)
     differ = np.argwhere(((got != want) & ~finite) | (~np.isfinite(got) & finite))
     assert differ.size == 0, f"{name}: infinities differ from the reference, first at {differ[0]}"
@@ -241,7 +245,8 @@ def max_relative_error(name: str, got: np.ndarray, want: np.ndarray) -> float:
 
 
 # Each case is there for what its comment says; the six kernels of each family (three
-# head-dim buckets times two precisions) all run. d % 4 == 0 loads rows as float4.
+# head-dim buckets times two precisions) all run. Rows load as float4 when d % 4 == 0 (the
+# emulator's buffers start on 16 bytes, so every head does), one float at a time otherwise.
 CASES = [
     # 3 row blocks of 64, a short second batch row; d = 64 loads as float4
     Case("3xtf32", True, (2, 1, 130, 130, 64), (130, 77)),

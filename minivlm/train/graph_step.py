@@ -235,9 +235,14 @@ class CapturedShape:
             self.stream.begin_capture()
             try:
                 self.step.body(self.static, prepare=False)
-            finally:
-                graph = self.stream.end_capture()
-        return graph
+            except Exception as error:  # end the capture, then say what broke it
+                with contextlib.suppress(Exception):
+                    self.stream.end_capture()
+                raise RuntimeError(
+                    f"capturing the training step as a CUDA graph failed ({type(error).__name__}:"
+                    f" {error}); train without --cuda-graph"
+                ) from error
+            return self.stream.end_capture()
 
     @contextlib.contextmanager
     def _on_own_stream(self, draw_keys_now: bool = False) -> Iterator[None]:
