@@ -283,7 +283,7 @@ def test_the_fused_path_takes_heads_split_from_a_model_as_views(precision):
     results = {}
     for device in ("cpu", "cuda"):
         leaves = [Tensor(a if device == "cpu" else cupy.asarray(a), requires_grad=True) for a in x]
-        q, k, v = (t.reshape(batch, length, heads, head_dim).transpose(0, 2, 1, 3) for t in leaves)
+        q, k, v = (t.reshape(batch, length, heads, head_dim).permute(0, 2, 1, 3) for t in leaves)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, impl="fused",
                                              precision=precision)  # fmt: skip
         out.backward(d_out if device == "cpu" else cupy.asarray(d_out))
