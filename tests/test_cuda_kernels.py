@@ -27,6 +27,7 @@ from minivlm.kernels_cuda import (  # noqa: E402  (after the skip: these need no
     flash_attention_forward,
     layer_norm_backward,
     layer_norm_forward,
+    loader,
 )
 from minivlm.kernels_cuda.loader import poisoned_outputs  # noqa: E402
 
@@ -269,6 +270,23 @@ def test_mma_flash_attention_takes_float32_only():
     q = cupy.zeros((1, 2, 8, 16), cupy.float64)
     with pytest.raises(TypeError, match="q must have the dtype of the other inputs \\(float32\\)"):
         attention_mma.flash_attention_forward(q, q, q, scale=0.25, causal=False)
+
+
+def test_mma_kernels_do_not_spill_with_cupys_own_compiler():
+    """tests/test_cuda_compile.py checks nvcc's build; CuPy compiles with its NVRTC, whose
+    register allocation may differ: no kernel may need local memory (spills) there either."""
+    spilling = {}
+    for family, by_passes in attention_mma.MMA_TILINGS.items():
+        source = (attention_mma.FORWARD_SOURCE if family.endswith("forward")
+                  else attention_mma.BACKWARD_SOURCE)  # fmt: skip
+        for suffix, tilings in by_passes.items():
+            for tiling in tilings:
+                name = attention_mma.kernel_name(family, tiling, suffix)
+                attributes = loader.get_kernel(source, name).attributes
+                print(f"{name}: {attributes['num_regs']} registers")
+                if attributes["local_size_bytes"]:
+                    spilling[name] = attributes["local_size_bytes"]
+    assert not spilling, f"local memory (bytes) a thread: {spilling}"
 
 
 @pytest.mark.parametrize("precision", ["ieee", "3xtf32"])
