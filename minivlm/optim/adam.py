@@ -60,24 +60,41 @@ class Adam(Optimizer):
             decayed_grad += grad
             grad = decayed_grad
 
-        # One scratch array of the parameter's shape serves every intermediate below.
-        scratch = xp.multiply(grad, grad)  # g^2
-        scratch *= 1 - beta2
-        exp_avg_sq *= beta2  # v = beta2 * v + (1 - beta2) * g^2
-        exp_avg_sq += scratch
-        xp.multiply(grad, 1 - beta1, out=scratch)
-        exp_avg *= beta1  # m = beta1 * m + (1 - beta1) * g
-        exp_avg += scratch
-
-        # p -= lr * m_hat / (sqrt(v_hat) + eps), with m_hat = m / bias1 and v_hat = v / bias2
         bias1 = 1 - beta1**step
         bias2 = 1 - beta2**step
-        xp.sqrt(exp_avg_sq, out=scratch)
-        scratch /= math.sqrt(bias2)
-        scratch += eps  # sqrt(v_hat) + eps
-        xp.divide(exp_avg, scratch, out=scratch)
-        scratch *= lr / bias1
-        param -= scratch
+        scratch = xp.empty_like(param)  # every intermediate below
+        adam_moments_and_update(
+            param, grad, exp_avg, exp_avg_sq, scratch, beta1, beta2, eps,
+            math.sqrt(bias2), lr / bias1,
+        )  # fmt: skip
+
+
+def adam_moments_and_update(
+    param, grad, exp_avg, exp_avg_sq, scratch, beta1: float, beta2: float, eps: float,
+    bias2_sqrt: float, step_size: float,
+) -> None:  # fmt: skip
+    """The moments and the step, in place, one call at a time in this order (FlatAdamW
+    runs the same calls over flat buffers, so both round every element alike):
+
+        v = beta2 * v + (1 - beta2) * g^2,   m = beta1 * m + (1 - beta1) * g
+        p -= step_size * m / (sqrt(v) / bias2_sqrt + eps)
+
+    with step_size = lr / (1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t), Python floats
+    (so a float32 array stays float32); scratch: an array of the parameter's shape."""
+    xp = get_array_module(param)
+    xp.multiply(grad, grad, out=scratch)  # g^2
+    scratch *= 1 - beta2
+    exp_avg_sq *= beta2
+    exp_avg_sq += scratch
+    xp.multiply(grad, 1 - beta1, out=scratch)
+    exp_avg *= beta1
+    exp_avg += scratch
+    xp.sqrt(exp_avg_sq, out=scratch)
+    scratch /= bias2_sqrt
+    scratch += eps  # sqrt(v_hat) + eps
+    xp.divide(exp_avg, scratch, out=scratch)
+    scratch *= step_size
+    param -= scratch
 
 
 class AdamW(Adam):

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..backend import get_array_module, is_cupy
 from ..kernels_cuda import adamw as cuda_kernels
-from .adam import AdamW
+from .adam import AdamW, adam_moments_and_update
 from .optimizer import _check_grad, check_real
 
 # the columns of `factors`; = enum AdamWFactor in kernels/adamw.cu
@@ -307,26 +307,17 @@ def _factor_row(hyper: dict, step: int) -> tuple[float, ...]:
 
 
 def _adamw_numpy(flat: FlatGroup, part: slice, row: np.ndarray) -> None:
-    """AdamW over elements `part` of the flat buffers, with the factors `row`: the calls of
-    Adam._update in its order, so each element is rounded exactly as there."""
-    dtype = flat.param.dtype.type
-    param, grad = flat.param[part], flat.grad[part]  # (n,) views
-    exp_avg, exp_avg_sq, scratch = flat.exp_avg[part], flat.exp_avg_sq[part], flat.scratch[part]
-    if row[DECAY] != 1.0:
-        param *= dtype(row[DECAY])  # p = p * (1 - lr * wd)
-    np.multiply(grad, grad, out=scratch)  # v = beta2 * v + (1 - beta2) * g^2
-    scratch *= dtype(row[ONE_MINUS_BETA2])
-    exp_avg_sq *= dtype(row[BETA2])
-    exp_avg_sq += scratch
-    np.multiply(grad, dtype(row[ONE_MINUS_BETA1]), out=scratch)  # m = beta1 * m + (1 - beta1) * g
-    exp_avg *= dtype(row[BETA1])
-    exp_avg += scratch
-    np.sqrt(exp_avg_sq, out=scratch)  # p -= step_size * m / (sqrt(v) / bias2_sqrt + eps)
-    scratch /= dtype(row[BIAS2_SQRT])
-    scratch += dtype(row[EPS])
-    np.divide(exp_avg, scratch, out=scratch)
-    scratch *= dtype(row[STEP_SIZE])
-    param -= scratch
+    """AdamW over elements `part` of the flat buffers, with the factors `row`: Adam's own
+    calls (adam_moments_and_update), so each element is rounded exactly as there."""
+    factor = {name: float(row[index]) for index, name in enumerate(FACTOR_COLUMNS)}
+    param = flat.param[part]  # (n,) view
+    if factor["decay"] != 1.0:
+        param *= factor["decay"]  # p = p * (1 - lr * wd)
+    adam_moments_and_update(
+        param, flat.grad[part], flat.exp_avg[part], flat.exp_avg_sq[part], flat.scratch[part],
+        factor["beta1"], factor["beta2"], factor["eps"], factor["bias2_sqrt"],
+        factor["step_size"],
+    )  # fmt: skip
 
 
 def _check_one_device(groups: list[dict]) -> None:
