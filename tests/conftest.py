@@ -1,4 +1,5 @@
-"""Shared fixtures: the device an op test runs on, and random float64 tensors on it.
+"""Shared fixtures: the device an op test runs on, random float64 tensors on it, and the
+host C++ compiler that the emulated-kernel tests build with.
 
 `device` runs a test once on "cpu" and once on "cuda"; the "cuda" run is marked `gpu`
 and skips unless CuPy sees a GPU. It is session-scoped so that Hypothesis tests may
@@ -6,6 +7,10 @@ use it too (Hypothesis refuses function-scoped fixtures).
 """
 
 from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,3 +57,24 @@ def randn(device):
         return random_tensor(rng, *shape, device=device, **options)
 
     return make
+
+
+# g++ flags of the kernel emulators in tests/cuda_host (C++20 for <barrier>)
+CXX_FLAGS = ("-std=c++20", "-O2", "-pthread")
+
+
+@pytest.fixture(scope="session")
+def cxx20(tmp_path_factory) -> list[str]:
+    """A g++ command with C++20's <barrier> (its path and CXX_FLAGS); skips the test if
+    there is none."""
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("g++ is not installed")
+    probe = Path(tmp_path_factory.mktemp("barrier_probe")) / "probe.cpp"
+    probe.write_text(
+        "#include <barrier>\nint main() { std::barrier<> all(1); all.arrive_and_wait(); }"
+    )
+    command = [gxx, *CXX_FLAGS, "-o", str(probe.with_suffix("")), str(probe)]
+    if subprocess.run(command, capture_output=True, timeout=120).returncode != 0:
+        pytest.skip("g++ has no C++20 <barrier>")
+    return [gxx, *CXX_FLAGS]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,6 @@ from minivlm.kernels_cuda import attention_mma, loader
 
 REPO = Path(__file__).resolve().parents[1]
 EMULATOR_SOURCE = REPO / "tests" / "cuda_host" / "attention_emulator.cpp"
-GXX = shutil.which("g++")
-CXX_FLAGS = ("-std=c++20", "-O2", "-pthread")
 
 # The device-only pieces of the kernels' source and what the emulator puts in their place:
 # (what it is, pattern, replacement). A kernel edit that changes one of them must fail here,
@@ -101,35 +98,22 @@ def kernel_table_source() -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_emulator(build_dir: Path, kernel_source: str) -> Path:
+def build_emulator(cxx20: list[str], build_dir: Path, kernel_source: str) -> Path:
     """Compile attention_emulator.cpp with `kernel_source` pasted in; the binary's path."""
     (build_dir / "attention_kernels_emulated.inc").write_text(kernel_source)
     (build_dir / "attention_kernel_table.inc").write_text(kernel_table_source())
     binary = build_dir / "attention_emulator"
-    command = [GXX, *CXX_FLAGS, f"-I{build_dir}", "-o", str(binary), str(EMULATOR_SOURCE)]
+    command = [*cxx20, f"-I{build_dir}", "-o", str(binary), str(EMULATOR_SOURCE)]
     built = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, f"g++ failed:\n{' '.join(command)}\n{built.stderr}"
     return binary
 
 
-def has_cxx20_barrier(build_dir: Path) -> bool:
-    probe = build_dir / "barrier_probe.cpp"
-    probe.write_text(
-        "#include <barrier>\nint main() { std::barrier<> all(1); all.arrive_and_wait(); }"
-    )
-    command = [GXX, *CXX_FLAGS, "-o", str(probe.with_suffix("")), str(probe)]
-    return subprocess.run(command, capture_output=True, timeout=120).returncode == 0
-
-
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory) -> Path:
+def emulator(cxx20, tmp_path_factory) -> Path:
     """The emulator, built once for the module (a few seconds)."""
-    if GXX is None:
-        pytest.skip("g++ is not installed")
     build_dir = tmp_path_factory.mktemp("attention_emulator")
-    if not has_cxx20_barrier(build_dir):
-        pytest.skip("g++ has no C++20 <barrier>")
-    return build_emulator(build_dir, emulated_kernel_source())
+    return build_emulator(cxx20, build_dir, emulated_kernel_source())
 
 
 # ---- running the kernels as attention_mma.py launches them -------------------------------

@@ -380,11 +380,12 @@ def test_cross_entropy_rejects_targets_outside_the_classes():
 # ---- layer norm ------------------------------------------------------------------------
 
 
-def reference_layer_norm(x, weight, bias, dy, eps):
-    """(y, mean, rstd, dx, dweight, dbias) in float64."""
+def reference_layer_norm(x, residual, weight, bias, dy, eps):
+    """(y, xhat, rstd, dx, dweight, dbias) in float64, of x + residual when given."""
     x, weight, bias, dy = (array.astype(np.float64) for array in (x, weight, bias, dy))
-    mean = x.mean(1)
-    centered = x - mean[:, None]
+    if residual is not None:
+        x = x + residual
+    centered = x - x.mean(1)[:, None]
     rstd = 1.0 / np.sqrt((centered**2).mean(1) + eps)
     xhat = centered * rstd[:, None]
     y = xhat * weight + bias
@@ -392,31 +393,35 @@ def reference_layer_norm(x, weight, bias, dy, eps):
     dx = rstd[:, None] * (
         dxhat - dxhat.mean(1, keepdims=True) - xhat * (dxhat * xhat).mean(1, keepdims=True)
     )
-    return y, mean, rstd, dx, (dy * xhat).sum(0), dy.sum(0)
+    return y, xhat, rstd, dx, (dy * xhat).sum(0), dy.sum(0)
 
 
 @pytest.mark.parametrize(
     "rows, columns", [(37, 1), (37, 7), (5, 64), (300, 100), (1000, 33), (9, 3000)]
 )
+@pytest.mark.parametrize("with_residual", [False, True], ids=["x", "x+residual"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-def test_layer_norm_matches_reference(dtype, rows, columns):
+def test_layer_norm_matches_reference(dtype, with_residual, rows, columns):
     rng = np.random.default_rng(rows + columns)
     x = random_array(rng, (rows, columns), dtype, spread=3.0) + dtype(2.0)
+    residual = random_array(rng, (rows, columns), dtype) if with_residual else None
     weight = random_array(rng, (columns,), dtype)
     bias = random_array(rng, (columns,), dtype)
     dy = random_array(rng, (rows, columns), dtype)
     eps = 1e-5
-    expected = reference_layer_norm(x, weight, bias, dy, eps)
+    expected = reference_layer_norm(x, residual, weight, bias, dy, eps)
 
-    x_gpu, weight_gpu, bias_gpu, dy_gpu = to_gpu(x, weight, bias, dy)
-    y, mean, rstd = layer_norm_forward(x_gpu, weight_gpu, bias_gpu, eps=eps)
-    grads = layer_norm_backward(dy_gpu, x_gpu, weight_gpu, mean, rstd)
-    names = ("y", "mean", "rstd", "dx", "dweight", "dbias")
-    for name, got, want in zip(names, (y, mean, rstd, *grads), expected, strict=True):
+    x_gpu, residual_gpu, weight_gpu, bias_gpu, dy_gpu = to_gpu(x, residual, weight, bias, dy)
+    y, xhat, rstd = layer_norm_forward(x_gpu, weight_gpu, bias_gpu, eps=eps, residual=residual_gpu)
+    grads = layer_norm_backward(dy_gpu, xhat, weight_gpu, rstd)
+    names = ("y", "xhat", "rstd", "dx", "dweight", "dbias")
+    for name, got, want in zip(names, (y, xhat, rstd, *grads), expected, strict=True):
         assert_close(name, got, want, dtype)
 
 
-def test_layer_norm_rejects_a_weight_of_the_wrong_length():
+def test_layer_norm_rejects_a_weight_or_residual_of_the_wrong_shape():
     x = cupy.zeros((4, 8), cupy.float64)
     with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
         layer_norm_forward(x, cupy.ones(7), cupy.zeros(8), eps=1e-5)
+    with pytest.raises(ValueError, match=r"residual must have shape \(4, 8\)"):
+        layer_norm_forward(x, cupy.ones(8), cupy.zeros(8), eps=1e-5, residual=cupy.zeros((4, 7)))

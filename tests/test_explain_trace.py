@@ -114,7 +114,10 @@ def test_model_per_function_gradcheck_names_the_first_wrong_backward(capsys, mon
     assert re.search(r"cross: \d+ Functions recorded", out) and "passed: all" in out
     assert re.search(r"^Attention +\d+ ", out, re.MULTILINE)
 
-    monkeypatch.setattr(LayerNorm, "backward", lambda self, dy: (dy, None, None))
+    def wrong_backward(self, dy):  # dy for the first input, nothing for the others
+        return (dy,) + (None,) * (len(self.inputs) - 1)
+
+    monkeypatch.setattr(LayerNorm, "backward", wrong_backward)
     assert main(["gradcheck", "--model", "--per-function", "--fusion", "cross"]) == 1
     out = capsys.readouterr().out
     assert "first Function whose backward is wrong: #" in out and " LayerNorm(x " in out

@@ -49,6 +49,10 @@ def test_layer_norm_names_the_shape_it_got_and_the_normalized_shape(randn):
         F.layer_norm(randn(2, 4), 4, weight=randn(3))
     with _raises(ValueError, "bias has shape (4, 1), expected (4,)"):
         F.layer_norm(randn(2, 4), 4, bias=randn(4, 1))
+    with _raises(ValueError, "add_layer_norm: residual has shape (1, 4), expected the shape"):
+        F.add_layer_norm(randn(2, 4), randn(1, 4), 4)  # no broadcasting
+    with _raises(ValueError, "add_layer_norm: input shape (2, 3) does not end in"):
+        F.add_layer_norm(randn(2, 3), randn(2, 3), 4)
 
 
 def test_attention_names_each_bad_shape(randn):

@@ -115,6 +115,43 @@ def test_softmax_over_any_dim_is_a_distribution_and_log_softmax_is_its_log(
 
 
 @st.composite
+def norm_shapes(draw):
+    """A shape of x and the trailing axes (1 or 2 of them) that layer norm normalises."""
+    shape = draw(array_shapes(min_dims=1, max_dims=4, max_side=4))
+    return shape, shape[len(shape) - draw(st.integers(1, min(2, len(shape)))):]
+
+
+@FEW
+@given(shapes=norm_shapes(), affine=st.booleans(), seed=seeds)
+def test_add_layer_norm_is_layer_norm_of_the_sum_in_values_and_gradients(
+    shapes, affine, seed, device, make_tensor
+):
+    shape, normalized = shapes
+    rng = np.random.default_rng(seed)
+    x, residual = make_tensor(rng, *shape, device=device), make_tensor(rng, *shape, device=device)
+    affine_inputs = [make_tensor(rng, *normalized, device=device) for _ in range(2 * affine)]
+    inputs = [x, residual, *affine_inputs]
+
+    def fused(x, residual, *weight_bias):
+        return F.add_layer_norm(x, residual, normalized, *weight_bias)
+
+    def unfused(x, residual, *weight_bias):
+        return F.layer_norm(x + residual, normalized, *weight_bias)
+
+    np.testing.assert_allclose(
+        fused(*inputs).numpy(), unfused(*inputs).numpy(), rtol=1e-12, atol=1e-12
+    )
+    upstream = rng.standard_normal(shape)
+    for got, want in zip(
+        _backward_grads(fused, inputs, upstream),
+        _backward_grads(unfused, inputs, upstream),
+        strict=True,
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    gradcheck(fused, inputs, seed=seed)
+
+
+@st.composite
 def shape_and_permutation(draw):
     shape = draw(array_shapes(min_dims=1, max_dims=4, max_side=3))
     return shape, tuple(draw(st.permutations(range(len(shape)))))
@@ -340,6 +377,11 @@ VALUE_CASES = {
         _np_layer_norm,
         [(2, 3, 6), (6,), (6,)],
     ),
+    "add_layer_norm": (
+        lambda x, r, w, b: F.add_layer_norm(x, r, 6, w, b),
+        lambda x, r, w, b: _np_layer_norm(x + r, w, b),
+        [(2, 3, 6), (2, 3, 6), (6,), (6,)],
+    ),
     "cross_entropy": (
         lambda z: F.cross_entropy(z, TARGETS, ignore_index=-1, label_smoothing=0.2),
         lambda z: _np_cross_entropy(z, TARGETS, -1, 0.2),
@@ -403,6 +445,10 @@ FAMILIES = {
         [r(7, 3), _int_ids(dev, 7, 2, 4)],
     ),
     "layer_norm": lambda r, dev: (lambda x, w, b: F.layer_norm(x, 6, w, b), [r(3, 6), r(6), r(6)]),
+    "add_layer_norm": lambda r, dev: (
+        lambda x, y, w, b: F.add_layer_norm(x, y, 6, w, b),
+        [r(3, 6), r(3, 6), r(6), r(6)],
+    ),
     "softmax": lambda r, dev: (
         lambda x: F.softmax(x, dim=1) + F.log_softmax(x, dim=-1),
         [r(3, 4, 5)],

@@ -139,6 +139,14 @@ def _layer_norm(affine: bool):
     return build
 
 
+def _add_layer_norm(rng, dev):
+    def fn(x, residual, weight, bias):
+        return F.add_layer_norm(x, residual, 6, weight, bias)
+
+    inputs = [_t(rng, dev, 3, 2, 6), _t(rng, dev, 3, 2, 6), _t(rng, dev, 6), _t(rng, dev, 6)]
+    return fn, inputs, {"normalized_shape": 6, "eps": 1e-5}
+
+
 def _cross_entropy(reduction: str, smoothing: float):
     def build(rng, dev):
         targets = rng.integers(0, 7, size=6)
@@ -194,6 +202,7 @@ CASES = [
     OpCase("dropout", ("Dropout",), _dropout),
     OpCase("layer_norm", ("LayerNorm",), _layer_norm(affine=True)),
     OpCase("layer_norm_no_affine", ("LayerNorm",), _layer_norm(affine=False)),
+    OpCase("add_layer_norm", ("LayerNorm",), _add_layer_norm),
     OpCase("softmax", ("Softmax",), _unary(lambda x: F.softmax(x, dim=-1))),
     OpCase("log_softmax", ("LogSoftmax",), _unary(lambda x: F.log_softmax(x, dim=0))),
     OpCase("attention", ("Attention",), _attention(), SDPA),

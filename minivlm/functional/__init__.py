@@ -12,7 +12,7 @@ from .dropout import dropout
 from .embedding import embedding
 from .loss import cross_entropy
 from .matmul import linear, matmul
-from .normalization import layer_norm
+from .normalization import add_layer_norm, layer_norm
 from .pointwise import exp, gelu, log, relu, sqrt, tanh
 from .reduction import max, mean, sum
 from .shape import concat, getitem, permute, reshape, stack, transpose
@@ -23,6 +23,6 @@ cat = concat  # torch's name for concat
 __all__ = [
     "add", "sub", "mul", "div", "neg", "pow", "exp", "log", "sqrt", "tanh", "relu", "gelu",
     "sum", "mean", "max", "reshape", "transpose", "permute", "getitem", "concat", "cat", "stack",
-    "matmul", "linear", "embedding", "dropout", "layer_norm", "softmax", "log_softmax",
-    "scaled_dot_product_attention", "cross_entropy", "astype",
+    "matmul", "linear", "embedding", "dropout", "layer_norm", "add_layer_norm", "softmax",
+    "log_softmax", "scaled_dot_product_attention", "cross_entropy", "astype",
 ]

@@ -12,21 +12,28 @@ from ..kernels_cuda import layer_norm as cuda_kernels
 
 
 class LayerNorm(Function):
-    """y = (x - mean) * rstd * w + b, statistics over the last axis of x viewed as (R, C).
+    """y = (s - mean) * rstd * w + b, statistics over the last axis of s viewed as (R, C),
+    where s = x, or s = x + residual for a post-norm residual block (one op, so the GPU
+    forms the sum inside the normalising kernel instead of in a launch of its own).
 
     Two-pass variance (mean first, then the mean of squared deviations), which stays
     accurate for rows like mean 1e4, std 1e-2 where E[x^2] - E[x]^2 cancels badly.
     """
 
-    def __init__(self, eps: float, has_weight: bool, has_bias: bool):
+    def __init__(self, eps: float, has_weight: bool, has_bias: bool, has_residual: bool = False):
         self.eps, self.has_weight, self.has_bias = eps, has_weight, has_bias
+        self.has_residual = has_residual
 
-    def forward(self, x, *affine):                            # x (R, C) after the caller's reshape
+    def forward(self, x, *rest):                              # x (R, C) after the caller's reshape
         xp = get_array_module(x)
+        residual = rest[0] if self.has_residual else None     # (R, C)
+        affine = rest[1:] if self.has_residual else rest
         # CuPy arrays with both weight and bias take the kernels of kernels/layer_norm.cu
         self.fused_cuda = is_cupy(xp) and self.has_weight and self.has_bias
         if self.fused_cuda:
-            return self._forward_cuda(x, *affine)
+            return self._forward_cuda(x, residual, *affine)
+        if residual is not None:
+            x = x + residual                                  # s (R, C)
         weight = affine[0] if self.has_weight else None
         bias = affine[-1] if self.has_bias else None
         xhat, rstd = xp.empty_like(x), xp.empty((x.shape[0], 1), x.dtype)  # (R, C), (R, 1)
@@ -58,7 +65,7 @@ class LayerNorm(Function):
                 xp.multiply(dy[part], xhat[part], out=dy_xhat[part])
 
         split_rows(rows, dy, passes=11)
-        grads = [dx]
+        grads = [dx, dx] if self.has_residual else [dx]       # s = x + residual: ds to both
         ones = xp.ones(dy.shape[0], dy.dtype)                 # (R,)
         if self.has_weight:
             grads.append(ones @ dy_xhat)                      # dw (C,)
@@ -66,24 +73,17 @@ class LayerNorm(Function):
             grads.append(ones @ dy)                           # db (C,)
         return tuple(grads)
 
-    def _forward_cuda(self, x, weight, bias):
-        y, mean, rstd = cuda_kernels.layer_norm_forward(x, weight, bias, eps=self.eps)
-        rstd = rstd[:, None]                                  # (R,) -> (R, 1)
-        xhat = (x - mean[:, None]) * rstd                     # (R, C), as the kernel forms it
+    def _forward_cuda(self, x, residual, weight, bias):
+        y, xhat, rstd = cuda_kernels.layer_norm_forward(
+            x, weight, bias, eps=self.eps, residual=residual
+        )                                                     # (R, C), (R, C), (R,)
         self.save(xhat, rstd, weight)
         return y
 
     def _backward_cuda(self, dy):
         xhat, rstd, weight = self.saved
-        xp = get_array_module(xhat)
-        # The kernel takes x with its row mean and rstd and forms xhat = (x - mean) * rstd.
-        # Given xhat itself with mean 0 and rstd 1, it returns dw, db and the three terms
-        # of dx without their common factor rstd, which is applied here.
-        rows = xhat.shape[0]
-        zero_mean, unit_rstd = xp.zeros(rows, xhat.dtype), xp.ones(rows, xhat.dtype)  # (R,)
-        dx, dw, db = cuda_kernels.layer_norm_backward(dy, xhat, weight, zero_mean, unit_rstd)
-        dx *= rstd                                            # (R, C)
-        return dx, dw, db
+        dx, dw, db = cuda_kernels.layer_norm_backward(dy, xhat, weight, rstd)
+        return (dx, dx, dw, db) if self.has_residual else (dx, dw, db)
 
 
 def _standardise(x, eps: float, xhat, rstd) -> None:
@@ -133,6 +133,33 @@ def layer_norm(
     eps: float = 1e-5,
 ) -> Tensor:
     """torch.nn.functional.layer_norm over the trailing `normalized_shape` axes."""
+    return _normalise("layer_norm", x, None, normalized_shape, weight, bias, eps)
+
+
+def add_layer_norm(
+    x: Tensor,
+    residual: Tensor,
+    normalized_shape: int | Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
+    """layer_norm(x + residual, ...) as one op, the post-norm residual step
+    x = norm(x + f(x)); x and residual have the same shape (no broadcasting).
+
+    Same values and gradients as the two ops; on the GPU one kernel forms the sum while it
+    normalises, and the sum is never stored.
+    """
+    if tuple(residual.shape) != tuple(x.shape):
+        raise ValueError(
+            f"add_layer_norm: residual has shape {residual.shape}, expected the shape of x "
+            f"{x.shape}"
+        )
+    return _normalise("add_layer_norm", x, residual, normalized_shape, weight, bias, eps)
+
+
+def _normalise(op: str, x, residual, normalized_shape, weight, bias, eps: float) -> Tensor:
+    """The checks and reshapes of layer_norm and add_layer_norm around one LayerNorm."""
     from .shape import reshape
 
     if isinstance(normalized_shape, int):
@@ -141,17 +168,16 @@ def layer_norm(
     k = len(normalized_shape)
     if tuple(x.shape[x.ndim - k:]) != normalized_shape:
         raise ValueError(
-            f"layer_norm: input shape {x.shape} does not end in normalized_shape {normalized_shape}"
+            f"{op}: input shape {x.shape} does not end in normalized_shape {normalized_shape}"
         )
     for name, param in (("weight", weight), ("bias", bias)):
         if param is not None and tuple(param.shape) != normalized_shape:
-            raise ValueError(
-                f"layer_norm: {name} has shape {param.shape}, expected {normalized_shape}"
-            )
+            raise ValueError(f"{op}: {name} has shape {param.shape}, expected {normalized_shape}")
     width = math.prod(normalized_shape)
     if width == 0:
-        raise ValueError(f"layer_norm: normalized_shape {normalized_shape} has no elements")
+        raise ValueError(f"{op}: normalized_shape {normalized_shape} has no elements")
+    rows = [reshape(t, (-1, width)) for t in (x, residual) if t is not None]  # (R, C) each
     affine = [reshape(p, (width,)) for p in (weight, bias) if p is not None]
-    fn = LayerNorm(eps, weight is not None, bias is not None)
-    y = fn(reshape(x, (-1, width)), *affine)
+    fn = LayerNorm(eps, weight is not None, bias is not None, residual is not None)
+    y = fn(*rows, *affine)
     return reshape(y, x.shape)

@@ -1,8 +1,12 @@
-"""Layer norm over the last axis on the GPU: launches kernels/layer_norm.cu.
-Same signatures as the CPU kernels.
+"""Layer norm over the last axis on the GPU, of x or of a residual sum x + residual:
+launches kernels/layer_norm.cu.
 
-    y = (x - mean) * rstd * weight + bias,  rstd = 1 / sqrt(var + eps)  (two-pass, biased var)
-    dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)),  dxhat = dy * weight
+    y = xhat * weight + bias,  xhat = (s - mean) * rstd,  rstd = 1 / sqrt(var + eps)
+        with s = x (or x + residual, never stored); two-pass, biased var
+    ds = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)),  dxhat = dy * weight
+
+The forward returns xhat and rstd, all the backward needs: one launch forward, two and a
+sum backward.
 """
 
 from __future__ import annotations
@@ -31,55 +35,61 @@ def _check_rows(cupy, name: str, array, dtype=None) -> tuple[int, int]:
     return rows, columns
 
 
-def layer_norm_forward(x, weight, bias, *, eps: float) -> tuple:
-    """Normalise each row of x (R, C); returns (y (R, C), mean (R,), rstd (R,))."""
+def _check_columns(cupy, columns: int, dtype, **vectors) -> None:
+    for name, array in vectors.items():
+        check_float_array(cupy, name, array, 1, dtype)
+        check_shape(name, array, (columns,), "one per column of x")
+
+
+def layer_norm_forward(x, weight, bias, *, eps: float, residual=None) -> tuple:
+    """Normalise each row of x (R, C), or of x + residual (R, C) when given; returns
+    (y (R, C), xhat (R, C), rstd (R,))."""
     cupy = require_cuda()
     rows, columns = _check_rows(cupy, "x", x)
-    for name, array in (("weight", weight), ("bias", bias)):
-        check_float_array(cupy, name, array, 1, x.dtype)
-        check_shape(name, array, (columns,), "one per column of x")
+    _check_columns(cupy, columns, x.dtype, weight=weight, bias=bias)
+    inputs = (x,)
+    if residual is not None:
+        check_float_array(cupy, "residual", residual, 2, x.dtype)
+        check_shape("residual", residual, x.shape, "the shape of x")
+        inputs = (x, residual)
     y = new_output(cupy, x.shape, x.dtype)  # (R, C)
-    mean = new_output(cupy, (rows,), x.dtype)  # (R,)
+    xhat = new_output(cupy, x.shape, x.dtype)  # (R, C)
     rstd = new_output(cupy, (rows,), x.dtype)  # (R,)
     if rows:
-        kernel = get_kernel(SOURCE, f"layer_norm_forward_{dtype_suffix(x.dtype)}")
-        kernel(
-            (rows,),
-            (row_block_threads(columns),),
-            (x, weight, bias, y, mean, rstd, np.int32(columns), x.dtype.type(eps)),
-        )
-    return y, mean, rstd
+        name = "layer_norm_forward" if residual is None else "add_layer_norm_forward"
+        kernel = get_kernel(SOURCE, f"{name}_{dtype_suffix(x.dtype)}")
+        arguments = (*inputs, weight, bias, y, xhat, rstd, np.int32(columns), x.dtype.type(eps))
+        kernel((rows,), (row_block_threads(columns),), arguments)
+    return y, xhat, rstd
 
 
-def layer_norm_backward(dy, x, weight, mean, rstd) -> tuple:
+def layer_norm_backward(dy, xhat, weight, rstd) -> tuple:
     """Gradients (dx (R, C), dweight (C,), dbias (C,)) from dy (R, C) and the forward's
-    x, weight, mean (R,) and rstd (R,)."""
+    xhat (R, C), weight (C,) and rstd (R,). With a residual, dx is its gradient too."""
     cupy = require_cuda()
-    rows, columns = _check_rows(cupy, "x", x)
-    check_float_array(cupy, "dy", dy, 2, x.dtype)
-    check_shape("dy", dy, x.shape, "the shape of x")
-    check_float_array(cupy, "weight", weight, 1, x.dtype)
-    check_shape("weight", weight, (columns,), "one per column of x")
-    for name, array in (("mean", mean), ("rstd", rstd)):
-        check_float_array(cupy, name, array, 1, x.dtype)
-        check_shape(name, array, (rows,), "one per row of x")
-    suffix = dtype_suffix(x.dtype)
+    rows, columns = _check_rows(cupy, "xhat", xhat)
+    check_float_array(cupy, "dy", dy, 2, xhat.dtype)
+    check_shape("dy", dy, xhat.shape, "the shape of xhat")
+    _check_columns(cupy, columns, xhat.dtype, weight=weight)
+    check_float_array(cupy, "rstd", rstd, 1, xhat.dtype)
+    check_shape("rstd", rstd, (rows,), "one per row of xhat")
+    suffix = dtype_suffix(xhat.dtype)
 
-    dx = new_output(cupy, x.shape, x.dtype)  # (R, C)
+    dx = new_output(cupy, xhat.shape, xhat.dtype)  # (R, C)
     if rows == 0:
-        return dx, cupy.zeros(columns, x.dtype), cupy.zeros(columns, x.dtype)
+        return dx, cupy.zeros(columns, xhat.dtype), cupy.zeros(columns, xhat.dtype)
     input_kernel = get_kernel(SOURCE, f"layer_norm_backward_input_{suffix}")
     input_kernel(
-        (rows,), (row_block_threads(columns),), (dy, x, weight, mean, rstd, dx, np.int32(columns))
+        (rows,), (row_block_threads(columns),), (dy, xhat, weight, rstd, dx, np.int32(columns))
     )
 
     # dweight = sum_r dy xhat, dbias = sum_r dy: partial sums per chunk of rows, then added
     rows_per_chunk = max(MIN_CHUNK_ROWS, math.ceil(rows / MAX_CHUNKS))
     chunks = math.ceil(rows / rows_per_chunk)
-    partial_dw = new_output(cupy, (chunks, columns), x.dtype)  # (chunks, C)
-    partial_db = new_output(cupy, (chunks, columns), x.dtype)  # (chunks, C)
+    partial = new_output(cupy, (2, chunks, columns), xhat.dtype)  # dw, db of each chunk
     params_kernel = get_kernel(SOURCE, f"layer_norm_backward_params_{suffix}")
     sizes = (np.int32(rows), np.int32(columns), np.int32(rows_per_chunk))
     grid = (math.ceil(columns / PARAM_BLOCK[0]), chunks)
-    params_kernel(grid, PARAM_BLOCK, (dy, x, mean, rstd, partial_dw, partial_db, *sizes))
-    return dx, partial_dw.sum(axis=0), partial_db.sum(axis=0)
+    params_kernel(grid, PARAM_BLOCK, (dy, xhat, partial[0], partial[1], *sizes))
+    dw, db = partial[:, 0] if chunks == 1 else partial.sum(axis=1)  # (C,) each
+    return dx, dw, db

@@ -114,8 +114,7 @@ class VLMBlock(Module):
         """x + tanh(gate) out (or x + out), then the post-norm normalises the sum."""
         if gate is not None:
             out = F.tanh(gate) * out
-        x = x + out
-        return x if self.norm_first else norm(x)
+        return x + out if self.norm_first else norm(x, residual=out)  # one op: norm(x + out)
 
     def extra_repr(self) -> str:
         return f"fusion={self.fusion!r}, norm_first={self.norm_first}"

@@ -35,8 +35,12 @@ class LayerNorm(Module):
         self.weight = Parameter(init.ones((normalized_shape,)))
         self.bias = Parameter(init.zeros((normalized_shape,)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """norm(x), or norm(x + residual) as one op (F.add_layer_norm) for a post-norm block."""
+        if residual is None:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        shape, weight, bias = self.normalized_shape, self.weight, self.bias
+        return F.add_layer_norm(x, residual, shape, weight, bias, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}"

@@ -56,8 +56,8 @@ class TransformerEncoderLayer(Module):
         if self.norm_first:
             x = x + self._attention_block(self.norm1(x), key_lengths, is_causal)
             return x + self._feed_forward_block(self.norm2(x))
-        x = self.norm1(x + self._attention_block(x, key_lengths, is_causal))
-        return self.norm2(x + self._feed_forward_block(x))
+        x = self.norm1(x, residual=self._attention_block(x, key_lengths, is_causal))
+        return self.norm2(x, residual=self._feed_forward_block(x))  # norm2(x + f(x))
 
     def _attention_block(self, x: Tensor, key_lengths, is_causal: bool) -> Tensor:
         out, _ = self.self_attn(x, key_lengths=key_lengths, is_causal=is_causal)

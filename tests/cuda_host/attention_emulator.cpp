@@ -1,11 +1,9 @@
 // The tensor-core attention kernels (kernels/flash_attn_mma_forward.cu and
 // kernels/flash_attn_mma_backward.cu), unchanged, run on the CPU: a test without a GPU.
 //
-// Every CUDA thread of a block is a std::thread; blocks run one after another.
-// __syncthreads is a std::barrier over the block, and the warp-wide operations
-// (__shfl_xor_sync, mma.sync) meet at a std::barrier over their warp. mma.sync m16n8k8
-// with TF32 operands is emulated from the fragment layout in the PTX ISA, written here
-// independently of kernels/mma_tf32.cuh, and summed in float64.
+// The CUDA built-ins, threads, barriers and launch come from cuda_on_host.h. mma.sync
+// m16n8k8 with TF32 operands is emulated here from the fragment layout in the PTX ISA,
+// written independently of kernels/mma_tf32.cuh, and summed in float64.
 //
 // tests/test_cuda_emulated.py builds and drives it. It pastes in the kernels' source
 // (attention_kernels_emulated.inc) with four device-only pieces swapped for the shims
@@ -20,99 +18,14 @@
 // key_lengths), outputs included (the test fills them with NaN, so an element the kernel
 // never writes stays NaN), launches the grid and writes the outputs back.
 //
-// What it cannot show:
-// - a missing __syncthreads or a race: the threads do run at once, but the host's
-//   scheduling and memory order are not a GPU's, so a race shows seldom if ever;
-// - global-memory alignment: a misaligned float4 load does not fault on the host;
-// - the tensor core's own rounding: products and sums here are float64, rounded to float
-//   once per MMA, so a result that leans on the hardware's exact rounding is not tested.
+// Beyond what cuda_on_host.h lists, it cannot show the tensor core's own rounding:
+// products and sums here are float64, rounded to float once per MMA, so a result that
+// leans on the hardware's exact rounding is not tested.
 // What it does show: the index maps of every fragment, tile loads, masks, the online
 // softmax and the gradients, against a float64 reference, for any shape on any machine.
-#include <barrier>
-#include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <fstream>
-#include <functional>
 #include <map>
-#include <memory>
-#include <string>
-#include <thread>
-#include <vector>
 
-// ---- CUDA keywords and built-ins the kernels use, as host C++ ---------------------------
-#define __device__
-#define __host__
-#define __global__
-#define __forceinline__ inline
-#define __launch_bounds__(threads)  // (__restrict__ g++ knows)
-
-struct Dim3 {
-    unsigned x = 0, y = 0, z = 0;
-};
-thread_local Dim3 threadIdx, blockIdx;  // set by each emulated thread when it starts
-static Dim3 blockDim;                    // the launch's block, the same for every thread
-
-struct alignas(16) float4 {
-    float x, y, z, w;
-};
-inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-inline int min(int a, int b) { return a < b ? a : b; }
-inline int max(int a, int b) { return a > b ? a : b; }
-
-// reinterpret bits, as the CUDA intrinsics of the same names
-template <typename To, typename From> inline To bit_cast_to(From value) {
-    static_assert(sizeof(To) == sizeof(From), "same size");
-    To result;
-    std::memcpy(&result, &value, sizeof(To));
-    return result;
-}
-inline float __int_as_float(int bits) { return bit_cast_to<float>(bits); }
-inline float __uint_as_float(unsigned bits) { return bit_cast_to<float>(bits); }
-inline double __longlong_as_double(long long bits) { return bit_cast_to<double>(bits); }
-// a product rounded on its own: the host build does not contract a * b + c into an FMA
-// (C++ ISO mode, no -march with FMA), so a plain product is already rounded
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline double __dmul_rn(double a, double b) { return a * b; }
-// the kernel stops: the emulator exits with an error, as the launch would fail
-inline void __trap() {
-    std::fprintf(stderr, "__trap: the kernel stopped (too little shared memory?)\n");
-    std::abort();
-}
-
-// ---- the block: its barrier and its shared memory ---------------------------------------
-static std::unique_ptr<std::barrier<>> block_barrier;
-inline void __syncthreads() { block_barrier->arrive_and_wait(); }
-
-// `extern __shared__ float shared[]` becomes `float* shared = emulated_shared_memory;`
-// and the %dynamic_smem_size register becomes emulated_dynamic_shared_bytes
-static float* emulated_shared_memory;
-static unsigned emulated_dynamic_shared_bytes;
-
-// ---- the warp: a barrier each, and slots where its lanes leave values for each other ----
-constexpr int WARP_SIZE = 32, MAX_WARPS = 32;
-static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-
-inline int lane_id() { return threadIdx.x % WARP_SIZE; }
-inline int warp_id() { return threadIdx.x / WARP_SIZE; }
-inline void warp_sync() { warp_barriers[warp_id()]->arrive_and_wait(); }
-
-// __shfl_xor_sync: each lane writes its value, the warp meets, each lane reads lane ^ offset,
-// the warp meets again before the slots are reused. The kernels shuffle within aligned
-// groups of `width` lanes with offset < width, so lane ^ offset stays in the group.
-static unsigned shuffle_slots[MAX_WARPS][WARP_SIZE];
-template <typename T> T __shfl_xor_sync(unsigned, T value, int offset, int width = WARP_SIZE) {
-    if (offset >= width) {
-        std::fprintf(stderr, "__shfl_xor_sync: offset %d leaves a group of %d\n", offset, width);
-        std::abort();
-    }
-    shuffle_slots[warp_id()][lane_id()] = bit_cast_to<unsigned>(value);
-    warp_sync();
-    const T result = bit_cast_to<T>(shuffle_slots[warp_id()][lane_id() ^ offset]);
-    warp_sync();
-    return result;
-}
+#include "cuda_on_host.h"
 
 // to_tf32 (cvt.rna.tf32.f32): round to 10 mantissa bits, ties away from zero; the low 13
 // bits become 0. Adding half a TF32 unit to the magnitude bits, then truncating, does it.
@@ -197,59 +110,6 @@ using BackwardDkDvKernel = void (*)(const float* q, const float* k, const float*
 // FORWARD_KERNELS, BACKWARD_DQ_KERNELS, BACKWARD_DK_DV_KERNELS: name -> kernel
 #include "attention_kernel_table.inc"
 
-// ---- launching ----------------------------------------------------------------------------
-// Runs `kernel` on every block of the grid, one block at a time, with one std::thread per
-// CUDA thread. Shared memory starts as NaN in every block, as stale data would.
-static void launch(Dim3 grid, int threads, unsigned shared_bytes,
-                   const std::function<void()>& kernel) {
-    if (threads <= 0 || threads % WARP_SIZE || threads > WARP_SIZE * MAX_WARPS) {
-        std::fprintf(stderr, "a block of %d threads is not whole warps, at most 1024\n",
-                     threads);
-        std::exit(2);
-    }
-    blockDim = {static_cast<unsigned>(threads), 1, 1};
-    emulated_dynamic_shared_bytes = shared_bytes;
-    std::vector<float4> shared((shared_bytes + sizeof(float4) - 1) / sizeof(float4));
-    emulated_shared_memory = reinterpret_cast<float*>(shared.data());
-    for (unsigned block_y = 0; block_y < grid.y; ++block_y)
-        for (unsigned block_x = 0; block_x < grid.x; ++block_x) {
-            std::memset(shared.data(), 0xff, shared.size() * sizeof(float4));  // NaN
-            block_barrier = std::make_unique<std::barrier<>>(threads);
-            warp_barriers.clear();
-            for (int warp = 0; warp < threads / WARP_SIZE; ++warp)
-                warp_barriers.push_back(std::make_unique<std::barrier<>>(WARP_SIZE));
-            std::vector<std::thread> block;
-            for (int thread = 0; thread < threads; ++thread)
-                block.emplace_back([&, thread] {
-                    threadIdx = {static_cast<unsigned>(thread), 0, 0};
-                    blockIdx = {block_x, block_y, 0};
-                    kernel();
-                });
-            for (std::thread& thread : block) thread.join();
-        }
-}
-
-// ---- buffers: DIR/<name>.bin, raw little-endian values ------------------------------------
-template <typename T> static std::vector<T> read_buffer(const std::string& dir,
-                                                        const std::string& name) {
-    const std::string path = dir + "/" + name + ".bin";
-    std::ifstream file(path, std::ios::binary | std::ios::ate);
-    if (!file) {
-        std::fprintf(stderr, "cannot read %s\n", path.c_str());
-        std::exit(2);
-    }
-    std::vector<T> values(static_cast<size_t>(file.tellg()) / sizeof(T));
-    file.seekg(0);
-    file.read(reinterpret_cast<char*>(values.data()), values.size() * sizeof(T));
-    return values;
-}
-
-static void write_buffer(const std::string& dir, const std::string& name,
-                         const std::vector<float>& values) {
-    std::ofstream file(dir + "/" + name + ".bin", std::ios::binary | std::ios::trunc);
-    file.write(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
-}
-
 int main(int argc, char** argv) {
     if (argc != 13) {
         std::fprintf(stderr, "usage: %s DIR KERNEL GRID_X GRID_Y THREADS SHARED_BYTES "
@@ -259,7 +119,7 @@ int main(int argc, char** argv) {
     const std::string dir = argv[1], name = argv[2];
     const Dim3 grid{static_cast<unsigned>(std::atoi(argv[3])),
                     static_cast<unsigned>(std::atoi(argv[4])), 1};
-    const int threads = std::atoi(argv[5]);
+    const Dim3 block{static_cast<unsigned>(std::atoi(argv[5])), 1, 1};
     const auto shared_bytes = static_cast<unsigned>(std::atoi(argv[6]));
     const int H = std::atoi(argv[7]), Lq = std::atoi(argv[8]), Lk = std::atoi(argv[9]);
     const int d = std::atoi(argv[10]), causal = std::atoi(argv[12]);
@@ -271,7 +131,7 @@ int main(int argc, char** argv) {
 
     if (auto found = FORWARD_KERNELS.find(name); found != FORWARD_KERNELS.end()) {
         std::vector<float> out = floats("out"), lse = floats("lse");
-        launch(grid, threads, shared_bytes, [&] {
+        launch(grid, block, shared_bytes, [&] {
             found->second(q.data(), k.data(), v.data(), key_lengths.data(), out.data(),
                           lse.data(), H, Lq, Lk, d, scale, causal);
         });
@@ -283,7 +143,7 @@ int main(int argc, char** argv) {
                              delta = floats("delta");
     if (auto found = BACKWARD_DQ_KERNELS.find(name); found != BACKWARD_DQ_KERNELS.end()) {
         std::vector<float> d_q = floats("d_q");
-        launch(grid, threads, shared_bytes, [&] {
+        launch(grid, block, shared_bytes, [&] {
             found->second(q.data(), k.data(), v.data(), d_out.data(), lse.data(),
                           delta.data(), key_lengths.data(), d_q.data(), H, Lq, Lk, d, scale,
                           causal);
@@ -293,7 +153,7 @@ int main(int argc, char** argv) {
     }
     if (auto found = BACKWARD_DK_DV_KERNELS.find(name); found != BACKWARD_DK_DV_KERNELS.end()) {
         std::vector<float> d_k = floats("d_k"), d_v = floats("d_v");
-        launch(grid, threads, shared_bytes, [&] {
+        launch(grid, block, shared_bytes, [&] {
             found->second(q.data(), k.data(), v.data(), d_out.data(), lse.data(),
                           delta.data(), key_lengths.data(), d_k.data(), d_v.data(), H, Lq,
                           Lk, d, scale, causal);
