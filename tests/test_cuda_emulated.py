@@ -1,4 +1,6 @@
-"""The tensor-core attention kernels give the right answers, checked without a GPU.
+"""The attention kernels give the right answers, checked without a GPU: the tensor-core ones
+(tests/cuda_host/attention_emulator.cpp, below) and the CUDA-core ones (at the end, through
+their wrappers and the `emulated_cuda` fixture of conftest.py).
 
 tests/cuda_host/attention_emulator.cpp runs kernels/flash_attn_mma_forward.cu and
 kernels/flash_attn_mma_backward.cu on the CPU, one std::thread per CUDA thread, with
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minivlm.kernels_cuda import attention_mma, loader
+from minivlm.kernels_cuda import attention, attention_mma, loader
 
 REPO = Path(__file__).resolve().parents[1]
 EMULATOR_SOURCE = REPO / "tests" / "cuda_host" / "attention_emulator.cpp"
@@ -294,3 +296,55 @@ def test_emulated_source_fails_loudly_when_a_device_only_piece_changes():
     changed = source.replace("%%dynamic_smem_size", "%%total_smem_size")
     with pytest.raises(AssertionError, match="dynamic_smem_size register.* no longer matches"):
         emulate_device_code(changed)
+
+
+# ---- the CUDA-core kernels (flash_attn_forward.cu, flash_attn_backward.cu) -----------------
+# Launched by minivlm/kernels_cuda/attention.py itself on NumPy arrays: its tilings, grids,
+# row_dot (delta) and argument order, as on the GPU. Tolerances of tests/test_cuda_kernels.py.
+
+CUDA_CORE_TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+# (B, H, Lq, Lk, d), causal, key lengths: every head-dim bucket, both masks, Lq != Lk both
+# ways, a key length cutting the band and one of 0; float64 once
+CUDA_CORE_CASES = [
+    ((2, 1, 70, 70, 32), True, (70, 33), np.float32),
+    ((2, 2, 40, 90, 64), False, (90, 0), np.float32),
+    ((1, 1, 50, 20, 100), True, None, np.float32),
+    ((1, 1, 20, 50, 128), True, (41,), np.float32),
+    ((1, 1, 33, 40, 16), True, (40,), np.float64),
+]
+
+
+def cuda_core_case_id(case: tuple) -> str:
+    shape, causal, key_lengths, dtype = case
+    name = f"{np.dtype(dtype).name}-{'causal' if causal else 'full'}-{'x'.join(map(str, shape))}"
+    return name + ("" if key_lengths is None else "-lengths" + ",".join(map(str, key_lengths)))
+
+
+@pytest.mark.parametrize(
+    "shape, causal, key_lengths, dtype",
+    CUDA_CORE_CASES,
+    ids=map(cuda_core_case_id, CUDA_CORE_CASES),
+)
+def test_emulated_cuda_core_attention_matches_float64_reference(
+    emulated_cuda, shape, causal, key_lengths, dtype
+):
+    emulated_cuda(attention, attention.FORWARD_SOURCE, attention.BACKWARD_SOURCE)
+    batch, heads, q_len, key_len, head_dim = shape
+    rng = np.random.default_rng(sum(shape))
+    q = rng.standard_normal((batch, heads, q_len, head_dim)).astype(dtype)
+    k, v = rng.standard_normal((2, batch, heads, key_len, head_dim)).astype(dtype)
+    d_out = rng.standard_normal(q.shape).astype(dtype)
+    lengths = np.array(key_lengths or (key_len,) * batch, np.int32)
+    scale = 1.0 / math.sqrt(head_dim)
+    options = {"scale": scale, "causal": causal, "key_lengths": lengths}
+
+    out, lse = attention.flash_attention_forward(q, k, v, **options)
+    grads = attention.flash_attention_backward(q, k, v, out, lse, d_out, **options)
+    expected = reference_attention(q, k, v, d_out, scale, causal, lengths)
+    names = ("out", "lse", "dq", "dk", "dv")
+    errors = {
+        name: max_relative_error(name, got, want)
+        for name, got, want in zip(names, (out, lse, *grads), expected, strict=True)
+    }
+    tolerance = CUDA_CORE_TOLERANCE[np.dtype(dtype)]
+    assert max(errors.values()) <= tolerance, f"max error of the largest value: {errors}"

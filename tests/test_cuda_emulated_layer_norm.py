@@ -1,21 +1,17 @@
 """The layer-norm kernels (kernels/layer_norm.cu) give the right answers, checked without a
 GPU: the unchanged source runs on the CPU in tests/cuda_host/kernel_emulator.cpp, one
 std::thread per CUDA thread, launched by the real wrappers of
-minivlm/kernels_cuda/layer_norm.py through a stand-in for CuPy (NumPy arrays, and a
-RawKernel that runs the emulator). So the grid, block, argument order and types, the chunked
-parameter sums and the GPU branch of F.layer_norm / F.add_layer_norm are all the GPU's.
+minivlm/kernels_cuda/layer_norm.py through a stand-in for CuPy (the `emulated_cuda`
+fixture of conftest.py: NumPy arrays, and a RawKernel that runs the emulator). So the
+grid, block, argument order and types, the chunked parameter sums and the GPU branch of
+F.layer_norm / F.add_layer_norm are all the GPU's.
 
 Every output starts as NaN (the loader's poisoned outputs). What such an emulation cannot
-show (races, alignment, the GPU's fused multiply-adds) is listed in tests/cuda_host/cuda_on_host.h.
-Needs g++ with C++20 <barrier>; skipped otherwise.
+show (races, alignment, the GPU's fused multiply-adds) is listed in
+tests/cuda_host/cuda_on_host.h. Needs g++ with C++20 <barrier>; skipped otherwise.
 """
 
 from __future__ import annotations
-
-import re
-import subprocess
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,83 +19,13 @@ import pytest
 import minivlm
 from minivlm import F
 from minivlm.functional import normalization
-from minivlm.kernels_cuda import layer_norm, loader
-
-REPO = Path(__file__).resolve().parents[1]
-EMULATOR_SOURCE = REPO / "tests" / "cuda_host" / "kernel_emulator.cpp"
-# what a kernel argument is to kernel_emulator.cpp
-ARGUMENT_TYPES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64",
-                  np.dtype(np.int32): "int32"}  # fmt: skip
-
-
-def kernel_names(source: str) -> list[str]:
-    """Every kernel a macro-built source defines: each `NAME_##SUFFIX` under each
-    `MACRO(SUFFIX, T)` line that expands it."""
-    kernel = r"__global__ void (?:__launch_bounds__\([^)]*\)[\s\\]*)?(\w+)_##SUFFIX\("
-    bases = re.findall(kernel, source)
-    suffixes = re.findall(r"^[A-Z_]+\((\w+), \w+\)$", source, flags=re.MULTILINE)
-    assert bases and suffixes, "no kernels found: has the source stopped using its macro?"
-    return [f"{base}_{suffix}" for suffix in suffixes for base in bases]
-
-
-@pytest.fixture(scope="module")
-def emulator(cxx20, tmp_path_factory) -> Path:
-    """kernel_emulator.cpp built with kernels/layer_norm.cu pasted in (a few seconds)."""
-    source = loader.read_source(layer_norm.SOURCE)
-    assert not re.search(r"\basm\b", re.sub(r"//[^\n]*", "", source)), "inline PTX"
-    build_dir = tmp_path_factory.mktemp("kernel_emulator")
-    (build_dir / "kernels_emulated.inc").write_text(source)
-    table = "".join(f'    {{"{name}", adapt({name})}},\n' for name in kernel_names(source))
-    (build_dir / "kernel_table.inc").write_text(table)
-    binary = build_dir / "kernel_emulator"
-    command = [*cxx20, f"-I{build_dir}", "-o", str(binary), str(EMULATOR_SOURCE)]
-    built = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert built.returncode == 0, f"g++ failed:\n{' '.join(command)}\n{built.stderr}"
-    return binary
-
-
-class EmulatedKernel:
-    """Called as CuPy's RawKernel is, kernel(grid, block, arguments), on NumPy arrays: writes
-    the arguments for the emulator, runs it and copies every buffer back."""
-
-    def __init__(self, binary: Path, work: Path, name: str):
-        self.binary, self.work, self.name = binary, work, name
-
-    def __call__(self, grid: tuple, block: tuple, arguments: tuple) -> None:
-        lines = []
-        for index, argument in enumerate(arguments):
-            type_name = ARGUMENT_TYPES[np.asarray(argument).dtype]
-            if isinstance(argument, np.ndarray):
-                # the GPU gets the data pointer only: a strided view would be read wrong there
-                assert argument.flags.c_contiguous, f"argument {index} is not contiguous"
-                argument.tofile(self.work / f"argument{index}.bin")
-                lines.append(f"array {type_name} argument{index}")
-            else:
-                lines.append(f"scalar {type_name} {argument.item()!r}")
-        (self.work / "arguments.txt").write_text("\n".join(lines) + "\n")
-        grid, block = (*grid, 1)[:2], (*block, 1)[:2]
-        command = [str(self.binary), str(self.work), self.name, *map(str, (*grid, *block))]
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, (
-            f"{self.name} failed in the emulator (exit {done.returncode}):\n"
-            f"{' '.join(command)}\n{done.stderr}"
-        )
-        for index, argument in enumerate(arguments):
-            if isinstance(argument, np.ndarray):
-                written = np.fromfile(self.work / f"argument{index}.bin", argument.dtype)
-                argument[...] = written.reshape(argument.shape)
+from minivlm.kernels_cuda import layer_norm
 
 
 @pytest.fixture
-def emulated_gpu(emulator, tmp_path, monkeypatch):
-    """layer_norm.py's kernels run in the emulator on NumPy arrays, its outputs NaN-filled."""
-    stand_in = SimpleNamespace(ndarray=np.ndarray, empty=np.empty, full=np.full, zeros=np.zeros)
-    monkeypatch.setattr(layer_norm, "require_cuda", lambda: stand_in)
-    monkeypatch.setattr(
-        layer_norm, "get_kernel", lambda source, name: EmulatedKernel(emulator, tmp_path, name)
-    )
-    with loader.poisoned_outputs():
-        yield
+def emulated_gpu(emulated_cuda):
+    """layer_norm.py's kernels run in the emulator (conftest.py) on NumPy arrays."""
+    emulated_cuda(layer_norm)
 
 
 def reference(x, residual, weight, bias, dy, eps):

@@ -42,7 +42,7 @@ struct Dim3 {
     unsigned x = 0, y = 0, z = 0;
 };
 thread_local Dim3 threadIdx, blockIdx;  // set by each emulated thread when it starts
-static Dim3 blockDim;                    // the launch's block, the same for every thread
+static Dim3 blockDim, gridDim;           // the launch's, the same for every thread
 
 struct alignas(16) float4 {
     float x, y, z, w;
@@ -61,10 +61,19 @@ template <typename To, typename From> inline To bit_cast_to(From value) {
 inline float __int_as_float(int bits) { return bit_cast_to<float>(bits); }
 inline float __uint_as_float(unsigned bits) { return bit_cast_to<float>(bits); }
 inline double __longlong_as_double(long long bits) { return bit_cast_to<double>(bits); }
-// a product rounded on its own: the host build does not contract a * b + c into an FMA
-// (C++ ISO mode, no -march with FMA), so a plain product is already rounded
+// IEEE operations rounded to nearest one at a time: the host build does not contract
+// a * b + c into an FMA (C++ ISO mode, no -march with FMA), so the plain operations are
+// already rounded so, and the square roots are IEEE's correctly rounded ones
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline double __dadd_rn(double a, double b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline double __dsub_rn(double a, double b) { return a - b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline double __ddiv_rn(double a, double b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
 // the kernel stops: the emulator exits with an error, as the launch would fail
 inline void __trap() {
     std::fprintf(stderr, "__trap: the kernel stopped (too little shared memory?)\n");
@@ -108,6 +117,19 @@ template <typename T> T __shfl_xor_sync(unsigned, T value, int offset, int width
     return result;
 }
 
+// __shfl_sync: the same exchange, each lane reading lane `source` of its aligned group of
+// `width` lanes.
+template <typename T> T __shfl_sync(unsigned, T value, int source, int width = WARP_SIZE) {
+    static_assert(sizeof(T) <= sizeof(shuffle_slots[0][0]), "a shuffled value fits a slot");
+    const int group_start = lane_id() / width * width;
+    std::memcpy(shuffle_slots[warp_id()][lane_id()], &value, sizeof(T));
+    warp_sync();
+    T result;
+    std::memcpy(&result, shuffle_slots[warp_id()][group_start + source % width], sizeof(T));
+    warp_sync();
+    return result;
+}
+
 // ---- launching ----------------------------------------------------------------------------
 // Runs `kernel` on every block of the grid, one block at a time, with one std::thread per
 // CUDA thread. Dynamic shared memory starts as NaN in every block, as stale data would.
@@ -121,6 +143,7 @@ static void launch(Dim3 grid, Dim3 block, unsigned shared_bytes,
         std::exit(2);
     }
     blockDim = block;
+    gridDim = grid;
     emulated_dynamic_shared_bytes = shared_bytes;
     std::vector<float4> shared((shared_bytes + sizeof(float4) - 1) / sizeof(float4));
     emulated_shared_memory = reinterpret_cast<float*>(shared.data());

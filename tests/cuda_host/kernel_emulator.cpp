@@ -6,8 +6,8 @@
 //
 // Usage: kernel_emulator DIR KERNEL GRID_X GRID_Y BLOCK_X BLOCK_Y
 // DIR/arguments.txt holds the kernel's arguments in order, one a line:
-//   array float32|float64|int32 NAME   a buffer: raw values in DIR/NAME.bin, written back after
-//   scalar float32|float64|int32 VALUE
+//   array float32|float64|int32|int64 NAME   a buffer: raw values in DIR/NAME.bin, written back
+//   scalar float32|float64|int32|int64 VALUE
 // Each argument's kind must be the kernel's parameter type (a float32 array for a float*,
 // an int32 scalar for an int, ...): a wrapper that passes anything else fails here, where
 // CuPy would pass the bytes on without a word.
@@ -18,7 +18,7 @@
 #include "cuda_on_host.h"
 
 struct Argument {
-    std::string kind, type, file;      // "array" or "scalar"; float32, float64 or int32
+    std::string kind, type, file;      // "array" or "scalar"; float32, float64, int32, int64
     std::vector<unsigned char> bytes;  // the buffer, or the scalar's value
 };
 
@@ -27,6 +27,7 @@ template <typename T> struct ParameterKind;
 template <> struct ParameterKind<float> { static constexpr const char* type = "float32"; };
 template <> struct ParameterKind<double> { static constexpr const char* type = "float64"; };
 template <> struct ParameterKind<int> { static constexpr const char* type = "int32"; };
+template <> struct ParameterKind<long long> { static constexpr const char* type = "int64"; };
 
 template <typename T> struct Parameter {  // a scalar parameter
     using Value = std::remove_cv_t<T>;
@@ -80,7 +81,7 @@ static const std::map<std::string, Launcher> KERNELS = {
 
 static size_t type_size(const std::string& type) {
     if (type == "float32" || type == "int32") return 4;
-    if (type == "float64") return 8;
+    if (type == "float64" || type == "int64") return 8;
     std::fprintf(stderr, "unknown argument type %s\n", type.c_str());
     std::exit(2);
 }
@@ -105,8 +106,11 @@ static std::vector<Argument> read_arguments(const std::string& dir) {
             } else if (argument.type == "float64") {
                 const double number = std::strtod(value.c_str(), nullptr);
                 std::memcpy(argument.bytes.data(), &number, size);
-            } else {
+            } else if (argument.type == "int32") {
                 const int number = std::atoi(value.c_str());
+                std::memcpy(argument.bytes.data(), &number, size);
+            } else {
+                const long long number = std::atoll(value.c_str());
                 std::memcpy(argument.bytes.data(), &number, size);
             }
         }
