@@ -348,3 +348,40 @@ def test_emulated_cuda_core_attention_matches_float64_reference(
     }
     tolerance = CUDA_CORE_TOLERANCE[np.dtype(dtype)]
     assert max(errors.values()) <= tolerance, f"max error of the largest value: {errors}"
+
+
+def test_auto_takes_the_fused_kernels_on_the_gpu_at_the_models_small_sizes(
+    emulated_cuda, monkeypatch
+):
+    """"auto" on CuPy arrays (NumPy ones taking the CuPy branch, kernels emulated): fused at
+    24 x 64 scores, the same output and gradients as naive; naive for head dims over 128
+    and when the weights are asked for."""
+    from minivlm import F, tensor
+    from minivlm.functional import attention as attention_op
+
+    emulated_cuda(attention, attention.FORWARD_SOURCE, attention.BACKWARD_SOURCE)
+    monkeypatch.setattr(attention_op, "is_cupy", lambda xp: True)
+    rng = np.random.default_rng(0)
+
+    def heads(length: int, head_dim: int = 16):
+        return rng.standard_normal((2, 2, length, head_dim)).astype(np.float32)
+
+    def attend(q, kv, impl, **options):
+        q, kv = tensor(q, requires_grad=True), tensor(kv, requires_grad=True)
+        return q, kv, F.scaled_dot_product_attention(q, kv, kv, impl=impl, **options)
+
+    queries, keys = heads(24), heads(64)
+    upstream = heads(24)
+    results = {}
+    for impl in ("auto", "naive"):
+        q, kv, out = attend(queries, keys, impl)
+        out.backward(upstream)
+        results[impl] = (type(out.creator), out.numpy(), q.grad, kv.grad)
+    assert results["auto"][0] is attention_op.FusedAttention
+    for got, want in zip(results["auto"][1:], results["naive"][1:], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+    wide = attend(heads(24, 130), heads(64, 130), "auto")[2]
+    assert type(wide.creator) is attention_op.Attention, "head dim 130: naive"
+    weights = attend(queries, keys, "auto", return_weights=True)[2][1]
+    assert type(weights.creator) is attention_op.Attention, "weights asked for: naive"

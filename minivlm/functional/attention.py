@@ -38,9 +38,13 @@ from ..kernels_cuda import attention_mma as cuda_mma_kernels
 # through the engine: 0.76-0.80x at 40 x 40, 0.77-0.85x at 32 x 64 to 48 x 48, 0.97-1.01x
 # at 24 x 64, 1.16-1.36x at 32 x 32 and 16 x 64), on one core (a rank of `mpiexec -n 2`
 # on two cores) only from about 96 x 96 on (B=32: 1.04-1.15x at 64 x 64 and 80 x 80,
-# 0.97-1.03x at 96 x 96, 0.72-0.77x at 128 x 128; benchmarks/RESULTS.md). On the GPU:
-# 256 x 256.
-AUTO_FUSED_MIN_SCORES = {"cpu": 40 * 40, "cpu, one core": 96 * 96, "cuda": 256 * 256}
+# 0.97-1.03x at 96 x 96, 0.72-0.77x at 128 x 128; benchmarks/RESULTS.md). On the GPU
+# at every size, for head dims up to the kernels' 128: at 256 x 256, the smallest size
+# measured (H200, B=4, H=4, d=64, causal), forward+backward took 0.45 ms fused against 1.54
+# naive, and below that both are bound by launches, of which the fused path makes fewer
+# (one kernel forward, three backward; the naive path two products and the masked
+# softmax's passes each way).
+AUTO_FUSED_MIN_SCORES = {"cpu": 40 * 40, "cpu, one core": 96 * 96, "cuda": 1}
 
 
 def allowed_mask(xp, lq: int, lk: int, *, causal: bool, key_lengths=None, attn_mask=None):
@@ -174,7 +178,8 @@ def scaled_dot_product_attention(
     """softmax(scale * Q K^T, masked) V; also returns P when `return_weights`.
 
     impl: "naive" materialises the scores; "fused" never does (no `attn_mask`, no
-    weights); "auto" takes "fused" when it can and the score matrix is large.
+    weights); "auto" takes "fused" when it can and it is the faster: on the GPU always
+    (head dims up to 128), on the CPU from AUTO_FUSED_MIN_SCORES scores a head on.
     precision: how the fused path multiplies on the GPU (PRECISIONS): "ieee" (default),
     "3xtf32" or "tf32" on tensor cores, float32 only.
     """
@@ -190,8 +195,10 @@ def scaled_dot_product_attention(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     lengths = _key_lengths(xp, key_lengths, batch, lk)
     mask = _attn_mask(attn_mask, query.shape, lk)
-    many_scores = lq * lk >= _fused_min_scores(xp)
-    impl = _choose_impl(impl, mask is not None, return_weights, many_scores)
+    # the CUDA kernels hold head dims up to MAX_HEAD_DIM; "auto" takes naive beyond
+    fits = not is_cupy(xp) or head_dim <= cuda_kernels.MAX_HEAD_DIM
+    worth_fusing = fits and lq * lk >= _fused_min_scores(xp)
+    impl = _choose_impl(impl, mask is not None, return_weights, worth_fusing)
     if impl == "fused":
         return FusedAttention(scale, is_causal, lengths, precision=precision)(query, key, value)
     allowed = allowed_mask(xp, lq, lk, causal=is_causal, key_lengths=lengths, attn_mask=mask)
@@ -204,7 +211,7 @@ def _fused_min_scores(xp) -> int:
     return AUTO_FUSED_MIN_SCORES["cpu" if usable_cores() > 1 else "cpu, one core"]
 
 
-def _choose_impl(impl: str, has_mask: bool, return_weights: bool, many_scores: bool) -> str:
+def _choose_impl(impl: str, has_mask: bool, return_weights: bool, worth_fusing: bool) -> str:
     if impl not in ("auto", "naive", "fused"):
         raise ValueError(
             f"scaled_dot_product_attention: impl must be 'auto', 'naive' or 'fused', got {impl!r}"
@@ -216,7 +223,7 @@ def _choose_impl(impl: str, has_mask: bool, return_weights: bool, many_scores: b
         )
     if impl == "auto":
         fusable = not has_mask and not return_weights
-        return "fused" if fusable and many_scores else "naive"
+        return "fused" if fusable and worth_fusing else "naive"
     return impl
 
 
