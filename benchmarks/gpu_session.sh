@@ -5,7 +5,9 @@
 #              dropout, the prefetcher among them), the quick attention benchmark  (~3 min)
 #   attention  forward+backward at N = 1024, 2048, 4096, causal and not, head dims 32, 64
 #              and 128: cupy-fused (CUDA cores), cupy-fused-3xtf32, cupy-fused-tf32 and
-#              torch-cuda, with the float32 and TF32 GEMM rates of the same run  (~4 min)
+#              torch-cuda, with the float32 and TF32 GEMM rates of the same run; then the
+#              demo model's sizes (N = 24, 64, B=64, H=4, d=32), naive against fused: the
+#              case for "auto" taking the fused kernels at every size on a GPU  (~4.5 min)
 #   train      `minivlm bench train --device cuda`: eager, the step captured as a CUDA
 #              graph (graph-cuda) and PyTorch eager, reference and demo models  (~1 min)
 #   demo       200 demo steps: data workers auto, 0, and auto with --cuda-graph  (~3 min)
@@ -47,6 +49,9 @@ attention() {
             --sizes 1024 2048 4096 --head-dim "$head_dim" --repeats 3 --warmup 1 \
             --input-sets 1 --json "$OUT/attention-gpu-d$head_dim.json"
     done
+    step attention-small 90 "$PYTHON" -m minivlm bench attention --device cuda \
+        --impl cupy-naive cupy-fused cupy-auto torch-cuda --sizes 24 64 --batch 64 --heads 4 \
+        --head-dim 32 --repeats 5 --warmup 2 --json "$OUT/attention-gpu-small.json"
 }
 
 train() {
