@@ -3,7 +3,8 @@
 // attention_emulator.cpp (the tensor-core attention kernels) and kernel_emulator.cpp (the
 // kernels of any other source, e.g. kernels/layer_norm.cu).
 //
-// Every CUDA thread of a block is a std::thread; blocks run one after another.
+// Every CUDA thread of a block is a std::thread; blocks run one after another, on the
+// same threads.
 // __syncthreads is a std::barrier over the block; the warp-wide operations meet at a
 // std::barrier over their warp (32 consecutive threads of the block, x fastest).
 // A `__shared__` array declared in a kernel becomes a function-local static: one array that
@@ -132,7 +133,10 @@ template <typename T> T __shfl_sync(unsigned, T value, int source, int width = W
 
 // ---- launching ----------------------------------------------------------------------------
 // Runs `kernel` on every block of the grid, one block at a time, with one std::thread per
-// CUDA thread. Dynamic shared memory starts as NaN in every block, as stale data would.
+// CUDA thread of a block: the same threads take the blocks in turn, meeting at a barrier of
+// their own between blocks (not the one of __syncthreads, so a kernel whose threads leave
+// early while others wait there deadlocks, as it would hang a GPU, instead of passing).
+// Dynamic shared memory starts as NaN in every block, as stale data would.
 // Blocks of one or two dimensions (block.z is 1), whole warps.
 static void launch(Dim3 grid, Dim3 block, unsigned shared_bytes,
                    const std::function<void()>& kernel) {
@@ -147,23 +151,27 @@ static void launch(Dim3 grid, Dim3 block, unsigned shared_bytes,
     emulated_dynamic_shared_bytes = shared_bytes;
     std::vector<float4> shared((shared_bytes + sizeof(float4) - 1) / sizeof(float4));
     emulated_shared_memory = reinterpret_cast<float*>(shared.data());
-    for (unsigned block_y = 0; block_y < grid.y; ++block_y)
-        for (unsigned block_x = 0; block_x < grid.x; ++block_x) {
-            std::memset(shared.data(), 0xff, shared.size() * sizeof(float4));  // NaN
-            block_barrier = std::make_unique<std::barrier<>>(threads);
-            warp_barriers.clear();
-            for (int warp = 0; warp < threads / WARP_SIZE; ++warp)
-                warp_barriers.push_back(std::make_unique<std::barrier<>>(WARP_SIZE));
-            std::vector<std::thread> threads_of_block;
-            for (int thread = 0; thread < threads; ++thread)
-                threads_of_block.emplace_back([&, thread] {
-                    const unsigned index = static_cast<unsigned>(thread);
-                    threadIdx = {index % block.x, index / block.x, 0};
+    block_barrier = std::make_unique<std::barrier<>>(threads);
+    warp_barriers.clear();
+    for (int warp = 0; warp < threads / WARP_SIZE; ++warp)
+        warp_barriers.push_back(std::make_unique<std::barrier<>>(WARP_SIZE));
+    std::barrier<> between_blocks(threads);
+    std::vector<std::thread> threads_of_block;
+    for (int thread = 0; thread < threads; ++thread)
+        threads_of_block.emplace_back([&, thread] {
+            const unsigned index = static_cast<unsigned>(thread);
+            threadIdx = {index % block.x, index / block.x, 0};
+            for (unsigned block_y = 0; block_y < grid.y; ++block_y)
+                for (unsigned block_x = 0; block_x < grid.x; ++block_x) {
+                    if (thread == 0)  // NaN, then every thread starts the block together
+                        std::memset(shared.data(), 0xff, shared.size() * sizeof(float4));
+                    between_blocks.arrive_and_wait();
                     blockIdx = {block_x, block_y, 0};
                     kernel();
-                });
-            for (std::thread& thread : threads_of_block) thread.join();
-        }
+                    between_blocks.arrive_and_wait();  // the block is done in every thread
+                }
+        });
+    for (std::thread& thread : threads_of_block) thread.join();
 }
 
 // ---- buffers: DIR/<name>.bin, raw little-endian values ------------------------------------
