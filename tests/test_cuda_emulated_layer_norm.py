@@ -84,10 +84,11 @@ def test_emulated_float64_kernels_match_float64(emulated_gpu):
 def test_gpu_branch_of_add_layer_norm_gives_the_cpu_branch_values_and_gradients(
     emulated_gpu, monkeypatch
 ):
-    """F.add_layer_norm and F.layer_norm through the kernels (as on CuPy) against NumPy's."""
+    """F.add_layer_norm and F.layer_norm through the kernels (as on CuPy) against NumPy's;
+    x is a slice, whose rows are a stride apart (the branch makes them contiguous)."""
     rng = np.random.default_rng(2)
     arrays = [rng.standard_normal(shape).astype(np.float32)
-              for shape in ((2, 5, 24), (2, 5, 24), (24,), (24,), (2, 5, 24))]  # fmt: skip
+              for shape in ((2, 5, 48), (2, 5, 24), (24,), (24,), (2, 5, 24))]  # fmt: skip
     *inputs, upstream = arrays
 
     def run(op):
@@ -97,10 +98,10 @@ def test_gpu_branch_of_add_layer_norm_gives_the_cpu_branch_values_and_gradients(
         return [out.numpy()] + [t.grad for t in tensors]
 
     def fused(x, r, w, b):
-        return F.add_layer_norm(x, r, 24, w, b)
+        return F.add_layer_norm(x[..., :24], r, 24, w, b)
 
     def unfused(x, r, w, b):
-        return F.layer_norm(x + r, 24, w, b)
+        return F.layer_norm(x[..., :24] + r, 24, w, b)
 
     on_cpu = run(fused)
     monkeypatch.setattr(normalization, "is_cupy", lambda xp: True)  # NumPy takes the GPU branch

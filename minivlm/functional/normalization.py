@@ -74,6 +74,9 @@ class LayerNorm(Function):
         return tuple(grads)
 
     def _forward_cuda(self, x, residual, weight, bias):
+        xp = get_array_module(x)                              # the kernels read whole rows
+        x = xp.ascontiguousarray(x)
+        residual = None if residual is None else xp.ascontiguousarray(residual)
         y, xhat, rstd = cuda_kernels.layer_norm_forward(
             x, weight, bias, eps=self.eps, residual=residual
         )                                                     # (R, C), (R, C), (R,)
@@ -82,6 +85,7 @@ class LayerNorm(Function):
 
     def _backward_cuda(self, dy):
         xhat, rstd, weight = self.saved
+        dy = get_array_module(dy).ascontiguousarray(dy)
         dx, dw, db = cuda_kernels.layer_norm_backward(dy, xhat, weight, rstd)
         return (dx, dx, dw, db) if self.has_residual else (dx, dw, db)
 
