@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import minivlm
+from minivlm import F
+from minivlm.functional import loss
 from minivlm.kernels_cuda import cross_entropy
 
 
@@ -72,3 +75,26 @@ def test_emulated_wrapper_names_a_target_out_of_range(emulated_gpu):
     expected = r"targets must be class indices in \[0, 4\).*got 9 at row 2"
     with pytest.raises(ValueError, match=expected):
         cross_entropy.cross_entropy_forward(logits, np.array([0, 3, 9]))
+
+
+def test_gpu_branch_of_f_cross_entropy_gives_the_cpu_branchs_loss_and_gradient(
+    emulated_gpu, monkeypatch
+):
+    """F.cross_entropy through the kernels (as on CuPy) against NumPy's, mean over the
+    counted rows; the logits a slice, whose rows are a stride apart."""
+    rng = np.random.default_rng(3)
+    wide = rng.standard_normal((12, 40)).astype(np.float32)
+    targets = rng.integers(0, 29, 12)
+    targets[[2, 7]] = -100
+
+    def run():
+        logits = minivlm.tensor(wide, requires_grad=True)
+        value = F.cross_entropy(logits[:, :29], targets, label_smoothing=0.1)
+        value.backward()
+        return value.numpy(), logits.grad
+
+    want_loss, want_grad = run()
+    monkeypatch.setattr(loss, "is_cupy", lambda xp: True)  # NumPy takes the GPU branch
+    got_loss, got_grad = run()
+    assert relative_error(got_loss, want_loss) <= 1e-6
+    assert relative_error(got_grad, want_grad) <= 1e-6

@@ -74,6 +74,7 @@ class CrossEntropy(Function):
             rows_forward, self.rows_backward = (
                 cuda_kernels.cross_entropy_forward, cuda_kernels.cross_entropy_backward
             )
+            logits = get_array_module(logits).ascontiguousarray(logits)  # whole rows
         else:
             rows_forward, self.rows_backward = _cross_entropy_rows, _cross_entropy_rows_backward
         rows, row_max, log_sum = rows_forward(
