@@ -111,10 +111,27 @@ def kernel_names(cxx20: list[str], source: str) -> list[str]:
     return names
 
 
+# a static __shared__ array's declaration: its name is group 2
+SHARED_ARRAY = re.compile(r"(__shared__\s+\w+\s+(\w+)\s*(?:\[[^\]]*\]\s*)+;)")
+
+
+def with_stale_shared_memory(source: str) -> str:
+    """`source` with each __shared__ array filled with stale bytes as its block starts
+    (emulated_stale_shared in cuda_on_host.h), so a kernel that reads a slot it never
+    wrote reads NaN, not a zero or another block's value."""
+    code = re.sub(r"//[^\n]*", "", source)
+    declared = len(re.findall(r"__shared__", code)) - len(re.findall(r"extern __shared__", code))
+    source, count = SHARED_ARRAY.subn(r"\1 emulated_stale_shared(\2);", source)
+    assert count == declared, f"{declared} __shared__ arrays, {count} of them recognised"
+    return source
+
+
 def build_kernel_emulator(cxx20: list[str], build_dir: Path, source_name: str) -> Path:
-    """kernel_emulator.cpp with kernels/<source_name> pasted in (as NVRTC gets it)."""
+    """kernel_emulator.cpp with kernels/<source_name> pasted in (as NVRTC gets it), its
+    shared arrays stale at each block's start."""
     source = loader.read_source(source_name)
     assert not re.search(r"\basm\b", re.sub(r"//[^\n]*", "", source)), "inline PTX"
+    source = with_stale_shared_memory(source)
     (build_dir / "kernels_emulated.inc").write_text(source)
     names = kernel_names(cxx20, source)
     table = "".join(f'    {{"{name}", adapt({name})}},\n' for name in names)

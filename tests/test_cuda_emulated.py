@@ -311,6 +311,7 @@ CUDA_CORE_CASES = [
     ((1, 1, 50, 20, 100), True, None, np.float32),
     ((1, 1, 20, 50, 128), True, (41,), np.float32),
     ((1, 1, 33, 40, 16), True, (40,), np.float64),
+    ((1, 2, 1, 37, 64), True, None, np.float32),  # one query: a decoding step with a cache
 ]
 
 
@@ -354,9 +355,9 @@ def test_auto_takes_the_fused_kernels_on_the_gpu_at_the_models_small_sizes(
     emulated_cuda, monkeypatch
 ):
     """"auto" on CuPy arrays (NumPy ones taking the CuPy branch, kernels emulated): fused at
-    24 x 64 scores, the same output and gradients as naive; naive for head dims over 128
-    and when the weights are asked for."""
-    from minivlm import F, tensor
+    24 x 64 scores, the same output and gradients as naive; naive for head dims over 128,
+    for float16 and when the weights are asked for."""
+    from minivlm import F, Tensor
     from minivlm.functional import attention as attention_op
 
     emulated_cuda(attention, attention.FORWARD_SOURCE, attention.BACKWARD_SOURCE)
@@ -367,7 +368,7 @@ def test_auto_takes_the_fused_kernels_on_the_gpu_at_the_models_small_sizes(
         return rng.standard_normal((2, 2, length, head_dim)).astype(np.float32)
 
     def attend(q, kv, impl, **options):
-        q, kv = tensor(q, requires_grad=True), tensor(kv, requires_grad=True)
+        q, kv = Tensor(q, requires_grad=True), Tensor(kv, requires_grad=True)  # dtype kept
         return q, kv, F.scaled_dot_product_attention(q, kv, kv, impl=impl, **options)
 
     queries, keys = heads(24), heads(64)
@@ -383,5 +384,7 @@ def test_auto_takes_the_fused_kernels_on_the_gpu_at_the_models_small_sizes(
 
     wide = attend(heads(24, 130), heads(64, 130), "auto")[2]
     assert type(wide.creator) is attention_op.Attention, "head dim 130: naive"
+    half = attend(queries.astype(np.float16), keys.astype(np.float16), "auto")[2]
+    assert type(half.creator) is attention_op.Attention, "float16: naive"
     weights = attend(queries, keys, "auto", return_weights=True)[2][1]
     assert type(weights.creator) is attention_op.Attention, "weights asked for: naive"

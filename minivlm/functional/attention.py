@@ -26,7 +26,7 @@ import math
 import numpy as np
 
 from ..autograd import Function, Tensor
-from ..backend import get_array_module, is_cupy, usable_cores
+from ..backend import get_array_module, is_cupy, needs_value_check, usable_cores
 from ..kernels_cpu import flash_attention as cpu_kernels
 from ..kernels_cuda import attention as cuda_kernels
 from ..kernels_cuda import attention_mma as cuda_mma_kernels
@@ -195,8 +195,11 @@ def scaled_dot_product_attention(
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
     lengths = _key_lengths(xp, key_lengths, batch, lk)
     mask = _attn_mask(attn_mask, query.shape, lk)
-    # the CUDA kernels hold head dims up to MAX_HEAD_DIM; "auto" takes naive beyond
-    fits = not is_cupy(xp) or head_dim <= cuda_kernels.MAX_HEAD_DIM
+    # the CUDA kernels take float32 and float64 heads of up to MAX_HEAD_DIM; "auto" takes
+    # naive for others
+    fits = not is_cupy(xp) or (
+        head_dim <= cuda_kernels.MAX_HEAD_DIM and query.dtype in (np.float32, np.float64)
+    )
     worth_fusing = fits and lq * lk >= _fused_min_scores(xp)
     impl = _choose_impl(impl, mask is not None, return_weights, worth_fusing)
     if impl == "fused":
@@ -255,7 +258,8 @@ def _key_lengths(xp, key_lengths, batch: int, lk: int):
             f"scaled_dot_product_attention: key_lengths must be integers of shape ({batch},), "
             f"got dtype {lengths.dtype} shape {lengths.shape}"
         )
-    if bool((lengths < 0).any()) or bool((lengths > lk).any()):
+    # the range check reads back from a GPU: skipped under values_checked_on_host
+    if needs_value_check(lengths) and bool(((lengths < 0) | (lengths > lk)).any()):
         raise ValueError(
             f"scaled_dot_product_attention: key_lengths must lie in 0..{lk}, got {lengths.tolist()}"
         )

@@ -44,6 +44,7 @@ struct Dim3 {
 };
 thread_local Dim3 threadIdx, blockIdx;  // set by each emulated thread when it starts
 static Dim3 blockDim, gridDim;           // the launch's, the same for every thread
+inline int thread_in_block() { return threadIdx.x + threadIdx.y * blockDim.x; }
 
 struct alignas(16) float4 {
     float x, y, z, w;
@@ -85,6 +86,15 @@ inline void __trap() {
 static std::unique_ptr<std::barrier<>> block_barrier;
 inline void __syncthreads() { block_barrier->arrive_and_wait(); }
 
+// A `__shared__` array as a block finds it on a GPU, holding stale data: thread 0 fills it
+// with all-ones bytes (NaN as a float, -1 as an int) and the block meets before any thread
+// goes on. The emulators' builds put a call after each `__shared__` declaration, which every
+// thread of a block reaches at its start.
+template <typename Array> inline void emulated_stale_shared(Array& array) {
+    if (thread_in_block() == 0) std::memset(&array, 0xff, sizeof(array));
+    __syncthreads();
+}
+
 // `extern __shared__ float shared[]` becomes `float* shared = emulated_shared_memory;`
 // and the %dynamic_smem_size register becomes emulated_dynamic_shared_bytes
 static float* emulated_shared_memory;
@@ -94,7 +104,6 @@ static unsigned emulated_dynamic_shared_bytes;
 constexpr int WARP_SIZE = 32, MAX_WARPS = 32;
 static std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
 
-inline int thread_in_block() { return threadIdx.x + threadIdx.y * blockDim.x; }
 inline int lane_id() { return thread_in_block() % WARP_SIZE; }
 inline int warp_id() { return thread_in_block() / WARP_SIZE; }
 inline void warp_sync() { warp_barriers[warp_id()]->arrive_and_wait(); }
